@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="mosaic-bert",
+    version="0.1.0",
+    description="MosaicBERT as a Hugging Face transformers remote-code model, with pretraining and GLUE tools",
+    packages=find_packages(include=["mosaic_bert", "mosaic_bert.*"]),
+    package_data={"mosaic_bert": ["data/*"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.17,<6",
+        "safetensors",
+        "huggingface_hub",
+    ],
+    extras_require={
+        "train": [
+            "accelerate>=1.0",
+            "datasets>=3.0",
+            "tokenizers",
+            "pyyaml",
+            "tqdm",
+            "matplotlib",
+            "evaluate",
+            "scikit-learn",
+            "scipy",
+        ],
+        "triton": ["triton>=3.0"],
+        "dev": ["pytest", "triton>=3.0"],
+    },
+)
