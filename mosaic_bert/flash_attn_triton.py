@@ -1,0 +1,725 @@
+"""Variable-length FlashAttention with in-kernel ALiBi, written in Triton 3.x.
+
+Self-contained remote-code module: it imports only ``torch`` and (optionally)
+``triton``.  When triton is missing, or there is no GPU, the module still
+imports; :func:`is_available` returns ``False`` and the attention functions
+raise a ``RuntimeError`` that says so.
+
+Interface (flash-attn 2 compatible subset)::
+
+    flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k,
+                           max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                           softmax_scale=None, causal=False, alibi_slopes=None)
+    flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0,
+                                     softmax_scale=None, causal=False,
+                                     alibi_slopes=None)
+
+* ``q``: ``(total_q, nheads, headdim)``, ``k``/``v``: ``(total_k, nheads, headdim)``,
+  ``qkv``: ``(total, 3, nheads, headdim)``; fp16 or bf16, on a CUDA device, last
+  dimension contiguous (other strides are free: views of a packed qkv work).
+* ``cu_seqlens``: int32 ``(batch + 1,)`` cumulative sequence starts on the same
+  device (int64 is accepted and converted).  Zero-length sequences are allowed.
+* ``alibi_slopes``: fp32 ``(nheads,)`` or ``(batch, nheads)`` (converted to fp32
+  contiguous on the device if needed).  The bias added to the scaled scores is
+  ``-slope * |i - j|`` (non-causal) and ``-slope * |i + seqlen_k - seqlen_q - j|``
+  (causal, flash-attn 2 convention, bottom-right aligned mask).
+* ``headdim`` 16..256 (any value, padded to a power of two inside the kernel).
+* ``dropout_p > 0`` is not supported: use the PyTorch attention path.
+
+Forward: one program per (query block, sequence, head); online softmax in the
+log2 domain (``exp2`` with ``log2(e)`` folded into the scale and slopes); the
+log-sum-exp is kept in fp32 for the backward.  Backward: ``delta = rowsum(dO*O)``
+pre-pass, a dK/dV kernel that loops over query blocks and a dQ kernel that loops
+over key blocks (deterministic, no atomics).
+"""
+
+import math
+import os
+
+import torch
+
+try:  # guarded: the module must import without triton
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised by a subprocess test
+    triton = None
+    tl = None
+
+HAS_TRITON = triton is not None
+
+__all__ = [
+    "HAS_TRITON",
+    "is_available",
+    "flash_attn_varlen_func",
+    "flash_attn_varlen_qkvpacked_func",
+]
+
+_LOG2E = 1.4426950408889634
+
+# Tests set this to True: outputs are then pre-filled with NaN instead of left
+# uninitialised, so that an unwritten element shows up.
+_POISON_OUTPUTS = False
+
+
+def _interpreting():
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def is_available():
+    """True when the Triton kernels can run here (triton present and a CUDA
+    GPU, or triton's CPU interpreter enabled with ``TRITON_INTERPRET=1``)."""
+    if not HAS_TRITON:
+        return False
+    return _interpreting() or torch.cuda.is_available()
+
+
+def _seq_bucket(n):
+    """Bucketed max sequence length used as an autotune key."""
+    n = max(int(n), 1)
+    return min(1 << (n - 1).bit_length(), 4096)
+
+
+if HAS_TRITON:
+
+    # ------------------------------------------------------------------
+    # autotune configurations
+    # ------------------------------------------------------------------
+    def _cfgs(entries):
+        return [
+            triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            for (m, n, w, s) in entries
+        ]
+
+    if _interpreting():
+        # one small config: the CPU interpreter is slow
+        _FWD_CONFIGS = _cfgs([(16, 16, 4, 1)])
+        _BWD_KV_CONFIGS = _cfgs([(16, 16, 4, 1)])
+        _BWD_Q_CONFIGS = _cfgs([(16, 16, 4, 1)])
+    else:
+        # (BLOCK_M, BLOCK_N, num_warps, num_stages), chosen for Hopper (H100)
+        _FWD_CONFIGS = _cfgs([
+            (128, 64, 4, 3),
+            (128, 64, 8, 3),
+            (128, 128, 8, 3),
+            (64, 64, 4, 3),
+            (128, 32, 4, 4),
+            (64, 128, 4, 2),
+        ])
+        # dK/dV kernel: BLOCK_N keys are resident, BLOCK_M queries stream
+        _BWD_KV_CONFIGS = _cfgs([
+            (64, 128, 8, 2),
+            (32, 128, 4, 3),
+            (64, 64, 4, 3),
+            (32, 64, 4, 3),
+            (64, 128, 8, 3),
+        ])
+        # dQ kernel: BLOCK_M queries are resident, BLOCK_N keys stream
+        _BWD_Q_CONFIGS = _cfgs([
+            (128, 64, 8, 2),
+            (64, 64, 4, 3),
+            (128, 32, 4, 3),
+            (64, 32, 4, 3),
+            (128, 64, 8, 3),
+        ])
+
+    _KEY = ["HEAD_DIM", "seq_bucket", "CAUSAL", "HAS_ALIBI"]
+
+    # ------------------------------------------------------------------
+    # forward
+    # ------------------------------------------------------------------
+    @triton.jit
+    def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt,
+                   offs_m, offs_n, offs_d, lo, hi, seqlen_k, qk_scale, slope,
+                   bias_off,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_N: tl.constexpr, MASK_K: tl.constexpr,
+                   CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                   UPCAST: tl.constexpr):
+        for start_n in range(lo, hi, BLOCK_N):
+            cols = start_n + offs_n
+            if MASK_K:
+                kmask = cols[:, None] < seqlen_k
+                if BLOCK_D != HEAD_DIM:
+                    kmask = kmask & (offs_d[None, :] < HEAD_DIM)
+                k = tl.load(k_ptrs + start_n * stride_kt, mask=kmask, other=0.0)
+                v = tl.load(v_ptrs + start_n * stride_vt, mask=kmask, other=0.0)
+            else:
+                if BLOCK_D != HEAD_DIM:
+                    dmask = offs_d[None, :] < HEAD_DIM
+                    k = tl.load(k_ptrs + start_n * stride_kt, mask=dmask, other=0.0)
+                    v = tl.load(v_ptrs + start_n * stride_vt, mask=dmask, other=0.0)
+                else:
+                    k = tl.load(k_ptrs + start_n * stride_kt)
+                    v = tl.load(v_ptrs + start_n * stride_vt)
+            if UPCAST:
+                qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
+            else:
+                qk = tl.dot(q, tl.trans(k))
+            s = qk * qk_scale
+            if HAS_ALIBI:
+                dist = (offs_m[:, None] + bias_off) - cols[None, :]
+                s = s - slope * tl.abs(dist).to(tl.float32)
+            if MASK_K:
+                valid = cols[None, :] < seqlen_k
+                if CAUSAL:
+                    valid = valid & (cols[None, :] <= offs_m[:, None] + bias_off)
+                s = tl.where(valid, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.exp2(s - m_new[:, None])
+            alpha = tl.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            if UPCAST:
+                acc = tl.dot(p, v.to(tl.float32), acc)
+            else:
+                acc = tl.dot(p.to(v.dtype), v, acc)
+            m_i = m_new
+        return acc, l_i, m_i
+
+    @triton.autotune(configs=_FWD_CONFIGS, key=_KEY)
+    @triton.jit
+    def _fwd_kernel(Q, K, V, O, LSE, SLOPES, CU_Q, CU_K,
+                    stride_qt, stride_qh, stride_kt, stride_kh,
+                    stride_vt, stride_vh, stride_ot, stride_oh,
+                    stride_lse_h, stride_slope_b,
+                    nheads, qk_scale, seq_bucket,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                    CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                    UPCAST: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // nheads
+        h = pid_bh % nheads
+        q_start = tl.load(CU_Q + b)
+        seqlen_q = tl.load(CU_Q + b + 1) - q_start
+        start_m = pid_m * BLOCK_M
+        if start_m >= seqlen_q:
+            return
+        k_start = tl.load(CU_K + b)
+        seqlen_k = tl.load(CU_K + b + 1) - k_start
+
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        q_start64 = q_start.to(tl.int64)
+        k_start64 = k_start.to(tl.int64)
+
+        q_ptrs = (Q + h * stride_qh + (q_start64 + offs_m[:, None]) * stride_qt
+                  + offs_d[None, :])
+        k_ptrs = (K + h * stride_kh + (k_start64 + offs_n[:, None]) * stride_kt
+                  + offs_d[None, :])
+        v_ptrs = (V + h * stride_vh + (k_start64 + offs_n[:, None]) * stride_vt
+                  + offs_d[None, :])
+        qmask = offs_m[:, None] < seqlen_q
+        if BLOCK_D != HEAD_DIM:
+            qmask = qmask & (offs_d[None, :] < HEAD_DIM)
+        q = tl.load(q_ptrs, mask=qmask, other=0.0)
+
+        if HAS_ALIBI:
+            slope = tl.load(SLOPES + b * stride_slope_b + h).to(tl.float32) * 1.4426950408889634
+        else:
+            slope = 0.0
+        if CAUSAL:
+            bias_off = seqlen_k - seqlen_q
+        else:
+            bias_off = seqlen_k * 0
+
+        m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+        if CAUSAL:
+            hi = tl.minimum(seqlen_k, start_m + BLOCK_M + bias_off)
+            hi = tl.maximum(hi, 0)
+            acc, l_i, m_i = _fwd_inner(
+                acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt,
+                offs_m, offs_n, offs_d, 0, hi, seqlen_k, qk_scale, slope, bias_off,
+                HEAD_DIM, BLOCK_D, BLOCK_N, True, True, HAS_ALIBI, UPCAST)
+        else:
+            n_full = (seqlen_k // BLOCK_N) * BLOCK_N
+            acc, l_i, m_i = _fwd_inner(
+                acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt,
+                offs_m, offs_n, offs_d, 0, n_full, seqlen_k, qk_scale, slope, bias_off,
+                HEAD_DIM, BLOCK_D, BLOCK_N, False, False, HAS_ALIBI, UPCAST)
+            acc, l_i, m_i = _fwd_inner(
+                acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt,
+                offs_m, offs_n, offs_d, n_full, seqlen_k, seqlen_k, qk_scale, slope,
+                bias_off,
+                HEAD_DIM, BLOCK_D, BLOCK_N, True, False, HAS_ALIBI, UPCAST)
+
+        empty = l_i == 0.0
+        l_safe = tl.where(empty, 1.0, l_i)
+        acc = acc / l_safe[:, None]
+        lse = tl.where(empty, float("inf"), m_i + tl.log2(l_safe))
+        o_ptrs = (O + h * stride_oh + (q_start64 + offs_m[:, None]) * stride_ot
+                  + offs_d[None, :])
+        tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=qmask)
+        tl.store(LSE + h * stride_lse_h + q_start + offs_m, lse,
+                 mask=offs_m < seqlen_q)
+
+    # ------------------------------------------------------------------
+    # backward
+    # ------------------------------------------------------------------
+    @triton.jit
+    def _bwd_preprocess(O, DO, DELTA, stride_ot, stride_oh, stride_dot, stride_doh,
+                        stride_delta_h, total,
+                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                        BLOCK_T: tl.constexpr):
+        pid_t = tl.program_id(0)
+        h = tl.program_id(1)
+        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        offs_d = tl.arange(0, BLOCK_D)
+        mask = (offs_t[:, None] < total) & (offs_d[None, :] < HEAD_DIM)
+        t64 = offs_t.to(tl.int64)
+        o = tl.load(O + h * stride_oh + t64[:, None] * stride_ot + offs_d[None, :],
+                    mask=mask, other=0.0).to(tl.float32)
+        do = tl.load(DO + h * stride_doh + t64[:, None] * stride_dot + offs_d[None, :],
+                     mask=mask, other=0.0).to(tl.float32)
+        delta = tl.sum(o * do, 1)
+        tl.store(DELTA + h * stride_delta_h + offs_t, delta, mask=offs_t < total)
+
+    @triton.autotune(configs=_BWD_KV_CONFIGS, key=_KEY)
+    @triton.jit
+    def _bwd_kv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, SLOPES, CU_Q, CU_K,
+                       stride_qt, stride_qh, stride_kt, stride_kh,
+                       stride_vt, stride_vh, stride_dot, stride_doh,
+                       stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+                       stride_lse_h, stride_slope_b,
+                       nheads, qk_scale, sm_scale, seq_bucket,
+                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                       CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                       UPCAST: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        pid_n = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // nheads
+        h = pid_bh % nheads
+        k_start = tl.load(CU_K + b)
+        seqlen_k = tl.load(CU_K + b + 1) - k_start
+        start_n = pid_n * BLOCK_N
+        if start_n >= seqlen_k:
+            return
+        q_start = tl.load(CU_Q + b)
+        seqlen_q = tl.load(CU_Q + b + 1) - q_start
+
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        q_start64 = q_start.to(tl.int64)
+        k_start64 = k_start.to(tl.int64)
+
+        kmask = offs_n[:, None] < seqlen_k
+        if BLOCK_D != HEAD_DIM:
+            kmask = kmask & (offs_d[None, :] < HEAD_DIM)
+        k = tl.load(K + h * stride_kh + (k_start64 + offs_n[:, None]) * stride_kt
+                    + offs_d[None, :], mask=kmask, other=0.0)
+        v = tl.load(V + h * stride_vh + (k_start64 + offs_n[:, None]) * stride_vt
+                    + offs_d[None, :], mask=kmask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+
+        if HAS_ALIBI:
+            slope = tl.load(SLOPES + b * stride_slope_b + h).to(tl.float32) * 1.4426950408889634
+        else:
+            slope = 0.0
+        if CAUSAL:
+            bias_off = seqlen_k - seqlen_q
+            # first query row that can see key start_n: i + bias_off >= start_n
+            lo = tl.maximum(start_n - bias_off, 0)
+            lo = (lo // BLOCK_M) * BLOCK_M
+        else:
+            bias_off = seqlen_k * 0
+            lo = seqlen_k * 0
+
+        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        q_ptrs = (Q + h * stride_qh + (q_start64 + offs_m[:, None]) * stride_qt
+                  + offs_d[None, :])
+        do_ptrs = (DO + h * stride_doh + (q_start64 + offs_m[:, None]) * stride_dot
+                   + offs_d[None, :])
+        lse_ptrs = LSE + h * stride_lse_h + q_start + offs_m
+        delta_ptrs = DELTA + h * stride_lse_h + q_start + offs_m
+
+        for start_m in range(lo, seqlen_q, BLOCK_M):
+            rows = start_m + offs_m
+            rmask = rows < seqlen_q
+            qmask = rmask[:, None]
+            if BLOCK_D != HEAD_DIM:
+                qmask = qmask & (offs_d[None, :] < HEAD_DIM)
+            q = tl.load(q_ptrs + start_m * stride_qt, mask=qmask, other=0.0)
+            do = tl.load(do_ptrs + start_m * stride_dot, mask=qmask, other=0.0)
+            lse = tl.load(lse_ptrs + start_m, mask=rmask, other=float("inf"))
+            delta = tl.load(delta_ptrs + start_m, mask=rmask, other=0.0)
+            if UPCAST:
+                q = q.to(tl.float32)
+                do = do.to(tl.float32)
+            # transposed scores: [BLOCK_N, BLOCK_M]
+            sT = tl.dot(k, tl.trans(q)) * qk_scale
+            if HAS_ALIBI:
+                dist = (rows[None, :] + bias_off) - offs_n[:, None]
+                sT = sT - slope * tl.abs(dist).to(tl.float32)
+            pT = tl.exp2(sT - lse[None, :])
+            if CAUSAL:
+                pT = tl.where(offs_n[:, None] <= rows[None, :] + bias_off, pT, 0.0)
+            dv = tl.dot(pT.to(do.dtype), do, dv)
+            dpT = tl.dot(v, tl.trans(do))
+            dsT = pT * (dpT - delta[None, :])
+            dk = tl.dot(dsT.to(q.dtype), q, dk)
+
+        dk = dk * sm_scale
+        tl.store(DK + h * stride_dkh + (k_start64 + offs_n[:, None]) * stride_dkt
+                 + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kmask)
+        tl.store(DV + h * stride_dvh + (k_start64 + offs_n[:, None]) * stride_dvt
+                 + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kmask)
+
+    @triton.autotune(configs=_BWD_Q_CONFIGS, key=_KEY)
+    @triton.jit
+    def _bwd_q_kernel(Q, K, V, DO, DQ, LSE, DELTA, SLOPES, CU_Q, CU_K,
+                      stride_qt, stride_qh, stride_kt, stride_kh,
+                      stride_vt, stride_vh, stride_dot, stride_doh,
+                      stride_dqt, stride_dqh,
+                      stride_lse_h, stride_slope_b,
+                      nheads, qk_scale, sm_scale, seq_bucket,
+                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                      CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                      UPCAST: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // nheads
+        h = pid_bh % nheads
+        q_start = tl.load(CU_Q + b)
+        seqlen_q = tl.load(CU_Q + b + 1) - q_start
+        start_m = pid_m * BLOCK_M
+        if start_m >= seqlen_q:
+            return
+        k_start = tl.load(CU_K + b)
+        seqlen_k = tl.load(CU_K + b + 1) - k_start
+
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        q_start64 = q_start.to(tl.int64)
+        k_start64 = k_start.to(tl.int64)
+
+        rmask = offs_m < seqlen_q
+        qmask = rmask[:, None]
+        if BLOCK_D != HEAD_DIM:
+            qmask = qmask & (offs_d[None, :] < HEAD_DIM)
+        q = tl.load(Q + h * stride_qh + (q_start64 + offs_m[:, None]) * stride_qt
+                    + offs_d[None, :], mask=qmask, other=0.0)
+        do = tl.load(DO + h * stride_doh + (q_start64 + offs_m[:, None]) * stride_dot
+                     + offs_d[None, :], mask=qmask, other=0.0)
+        lse = tl.load(LSE + h * stride_lse_h + q_start + offs_m, mask=rmask,
+                      other=float("inf"))
+        delta = tl.load(DELTA + h * stride_lse_h + q_start + offs_m, mask=rmask,
+                        other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
+            do = do.to(tl.float32)
+
+        if HAS_ALIBI:
+            slope = tl.load(SLOPES + b * stride_slope_b + h).to(tl.float32) * 1.4426950408889634
+        else:
+            slope = 0.0
+        if CAUSAL:
+            bias_off = seqlen_k - seqlen_q
+            hi = tl.minimum(seqlen_k, start_m + BLOCK_M + bias_off)
+            hi = tl.maximum(hi, 0)
+        else:
+            bias_off = seqlen_k * 0
+            hi = seqlen_k
+
+        k_ptrs = (K + h * stride_kh + (k_start64 + offs_n[:, None]) * stride_kt
+                  + offs_d[None, :])
+        v_ptrs = (V + h * stride_vh + (k_start64 + offs_n[:, None]) * stride_vt
+                  + offs_d[None, :])
+        dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        for start_n in range(0, hi, BLOCK_N):
+            cols = start_n + offs_n
+            kmask = cols[:, None] < seqlen_k
+            if BLOCK_D != HEAD_DIM:
+                kmask = kmask & (offs_d[None, :] < HEAD_DIM)
+            k = tl.load(k_ptrs + start_n * stride_kt, mask=kmask, other=0.0)
+            v = tl.load(v_ptrs + start_n * stride_vt, mask=kmask, other=0.0)
+            if UPCAST:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            s = tl.dot(q, tl.trans(k)) * qk_scale
+            if HAS_ALIBI:
+                dist = (offs_m[:, None] + bias_off) - cols[None, :]
+                s = s - slope * tl.abs(dist).to(tl.float32)
+            p = tl.exp2(s - lse[:, None])
+            valid = cols[None, :] < seqlen_k
+            if CAUSAL:
+                valid = valid & (cols[None, :] <= offs_m[:, None] + bias_off)
+            p = tl.where(valid, p, 0.0)
+            dp = tl.dot(do, tl.trans(v))
+            ds = p * (dp - delta[:, None])
+            dq = tl.dot(ds.to(k.dtype), k, dq)
+
+        dq = dq * sm_scale
+        tl.store(DQ + h * stride_dqh + (q_start64 + offs_m[:, None]) * stride_dqt
+                 + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=qmask)
+
+
+# ----------------------------------------------------------------------
+# host side
+# ----------------------------------------------------------------------
+def _require_available():
+    if not HAS_TRITON:
+        raise RuntimeError(
+            "mosaic_bert.flash_attn_triton: triton is not installed; use the "
+            "PyTorch attention path instead (pip install triton to enable)."
+        )
+    if not is_available():
+        raise RuntimeError(
+            "mosaic_bert.flash_attn_triton: no CUDA GPU available; the Triton "
+            "kernels need a GPU (or TRITON_INTERPRET=1 for testing)."
+        )
+
+
+def _check_dropout(dropout_p):
+    if dropout_p is not None and float(dropout_p) > 0.0:
+        raise ValueError(
+            "flash_attn_triton does not implement attention dropout "
+            f"(dropout_p={dropout_p}); use the PyTorch attention path when "
+            "attention dropout is active (training with attention_probs_dropout_prob > 0)."
+        )
+
+
+def _empty(shape, like, dtype=None):
+    dtype = like.dtype if dtype is None else dtype
+    if _POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
+    return torch.empty(shape, dtype=dtype, device=like.device)
+
+
+def _check_qkv(q, k, v, cu_seqlens_q, cu_seqlens_k):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor")
+        if t.dim() != 3:
+            raise ValueError(
+                f"{name} must have shape (total, nheads, headdim), got {tuple(t.shape)}")
+        if t.dtype not in (torch.float16, torch.bfloat16):
+            raise TypeError(
+                f"{name} must be float16 or bfloat16, got {t.dtype} (fp32 is not "
+                "supported by the Triton kernel; cast or use the PyTorch path)")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    if q.shape[1:] != k.shape[1:]:
+        raise ValueError(
+            f"q (nheads, headdim)={tuple(q.shape[1:])} must match k {tuple(k.shape[1:])}")
+    d = q.shape[2]
+    if d < 1 or d > 256:
+        raise ValueError(f"headdim must be in 1..256, got {d}")
+    dev = q.device
+    if not _interpreting() and dev.type != "cuda":
+        raise ValueError(f"q must be on a CUDA device, got {dev}")
+    for name, t in (("k", k), ("v", v), ("cu_seqlens_q", cu_seqlens_q),
+                    ("cu_seqlens_k", cu_seqlens_k)):
+        if t.device != dev:
+            raise ValueError(f"{name} is on {t.device} but q is on {dev}")
+    for name, c in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if c.dim() != 1 or c.numel() < 2:
+            raise ValueError(f"{name} must have shape (batch + 1,), got {tuple(c.shape)}")
+        if c.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{name} must be int32, got {c.dtype}")
+    if cu_seqlens_q.numel() != cu_seqlens_k.numel():
+        raise ValueError("cu_seqlens_q and cu_seqlens_k must have the same length")
+
+
+def _prep_slopes(alibi_slopes, batch, nheads, device):
+    if alibi_slopes is None:
+        return None, 0
+    if not isinstance(alibi_slopes, torch.Tensor):
+        raise TypeError("alibi_slopes must be a torch.Tensor")
+    s = alibi_slopes
+    if s.device != device:
+        raise ValueError(f"alibi_slopes is on {s.device} but q is on {device}")
+    if s.dim() == 1 and s.shape[0] == nheads:
+        stride_b = 0
+    elif s.dim() == 2 and tuple(s.shape) == (batch, nheads):
+        stride_b = nheads
+    else:
+        raise ValueError(
+            f"alibi_slopes must have shape ({nheads},) or ({batch}, {nheads}), "
+            f"got {tuple(s.shape)}")
+    s = s.detach().to(torch.float32).contiguous()
+    return s, stride_b
+
+
+def _last_dim_contig(t):
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _fwd(q, k, v, cu_q, cu_k, max_seqlen_q, max_seqlen_k, sm_scale, causal,
+         slopes, stride_slope_b, out=None):
+    total_q, nheads, d = q.shape
+    batch = cu_q.numel() - 1
+    block_d = max(16, triton.next_power_of_2(d))
+    if out is None:
+        out = _empty((total_q, nheads, d), q)
+    lse = _empty((nheads, total_q), q, torch.float32)
+    if total_q == 0 or batch == 0 or max_seqlen_q == 0:
+        return out, lse
+    has_alibi = slopes is not None
+    grid = lambda META: (triton.cdiv(max_seqlen_q, META["BLOCK_M"]), batch * nheads)
+    _fwd_kernel[grid](
+        q, k, v, out, lse, slopes if has_alibi else q, cu_q, cu_k,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+        lse.stride(0), stride_slope_b,
+        nheads, sm_scale * _LOG2E, _seq_bucket(max(max_seqlen_q, max_seqlen_k)),
+        HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=bool(causal), HAS_ALIBI=has_alibi,
+        UPCAST=_interpreting(),
+    )
+    return out, lse
+
+
+def _bwd(do, q, k, v, out, lse, cu_q, cu_k, max_seqlen_q, max_seqlen_k, sm_scale,
+         causal, slopes, stride_slope_b, dq, dk, dv):
+    total_q, nheads, d = q.shape
+    total_k = k.shape[0]
+    batch = cu_q.numel() - 1
+    block_d = max(16, triton.next_power_of_2(d))
+    do = _last_dim_contig(do)
+    has_alibi = slopes is not None
+    if total_q == 0 or batch == 0:
+        dq.zero_()
+        dk.zero_()
+        dv.zero_()
+        return
+    # keys of zero-length query sequences, and keys beyond the rows the kernels
+    # visit, get zero gradient: the dK/dV kernel writes every key row whose
+    # sequence has seqlen_k > 0, so only needs zeroing when some seqlen_q == 0
+    # (its loop then simply does not run and writes zeros).  Nothing to do.
+    delta = _empty((nheads, total_q), q, torch.float32)
+    pre_block = 64
+    _bwd_preprocess[(triton.cdiv(total_q, pre_block), nheads)](
+        out, do, delta, out.stride(0), out.stride(1), do.stride(0), do.stride(1),
+        delta.stride(0), total_q,
+        HEAD_DIM=d, BLOCK_D=block_d, BLOCK_T=pre_block,
+    )
+    bucket = _seq_bucket(max(max_seqlen_q, max_seqlen_k))
+    sl = slopes if has_alibi else q
+    if total_k > 0 and max_seqlen_k > 0:
+        grid_kv = lambda META: (triton.cdiv(max_seqlen_k, META["BLOCK_N"]), batch * nheads)
+        _bwd_kv_kernel[grid_kv](
+            q, k, v, do, dk, dv, lse, delta, sl, cu_q, cu_k,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+            v.stride(0), v.stride(1), do.stride(0), do.stride(1),
+            dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+            lse.stride(0), stride_slope_b,
+            nheads, sm_scale * _LOG2E, sm_scale, bucket,
+            HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=bool(causal), HAS_ALIBI=has_alibi,
+            UPCAST=_interpreting(),
+        )
+    if max_seqlen_q > 0:
+        grid_q = lambda META: (triton.cdiv(max_seqlen_q, META["BLOCK_M"]), batch * nheads)
+        _bwd_q_kernel[grid_q](
+            q, k, v, do, dq, lse, delta, sl, cu_q, cu_k,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+            v.stride(0), v.stride(1), do.stride(0), do.stride(1),
+            dq.stride(0), dq.stride(1),
+            lse.stride(0), stride_slope_b,
+            nheads, sm_scale * _LOG2E, sm_scale, bucket,
+            HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=bool(causal), HAS_ALIBI=has_alibi,
+            UPCAST=_interpreting(),
+        )
+
+
+class _FlashAttnVarlen(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cu_q, cu_k, max_seqlen_q, max_seqlen_k, sm_scale,
+                causal, slopes, stride_slope_b):
+        out, lse = _fwd(q, k, v, cu_q, cu_k, max_seqlen_q, max_seqlen_k, sm_scale,
+                        causal, slopes, stride_slope_b)
+        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, slopes)
+        ctx.meta = (max_seqlen_q, max_seqlen_k, sm_scale, causal, stride_slope_b)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, cu_q, cu_k, slopes = ctx.saved_tensors
+        max_seqlen_q, max_seqlen_k, sm_scale, causal, stride_slope_b = ctx.meta
+        dq = _empty(q.shape, q)
+        dk = _empty(k.shape, k)
+        dv = _empty(v.shape, v)
+        _bwd(dout, q, k, v, out, lse, cu_q, cu_k, max_seqlen_q, max_seqlen_k,
+             sm_scale, causal, slopes, stride_slope_b, dq, dk, dv)
+        return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+class _FlashAttnVarlenQKVPacked(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv, cu, max_seqlen, sm_scale, causal, slopes, stride_slope_b):
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+        out, lse = _fwd(q, k, v, cu, cu, max_seqlen, max_seqlen, sm_scale, causal,
+                        slopes, stride_slope_b)
+        ctx.save_for_backward(qkv, out, lse, cu, slopes)
+        ctx.meta = (max_seqlen, sm_scale, causal, stride_slope_b)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        qkv, out, lse, cu, slopes = ctx.saved_tensors
+        max_seqlen, sm_scale, causal, stride_slope_b = ctx.meta
+        dqkv = _empty(qkv.shape, qkv)  # written in place through strided views
+        _bwd(dout, qkv[:, 0], qkv[:, 1], qkv[:, 2], out, lse, cu, cu, max_seqlen,
+             max_seqlen, sm_scale, causal, slopes, stride_slope_b,
+             dqkv[:, 0], dqkv[:, 1], dqkv[:, 2])
+        return dqkv, None, None, None, None, None, None
+
+
+def _prep_cu(cu):
+    if cu.dtype != torch.int32:
+        cu = cu.to(torch.int32)
+    return cu.contiguous()
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                           max_seqlen_k, dropout_p=0.0, softmax_scale=None,
+                           causal=False, alibi_slopes=None):
+    """Varlen attention on unpadded tokens. Returns ``(total_q, nheads, headdim)``.
+
+    See the module docstring for shapes, dtypes and the ALiBi convention."""
+    _check_dropout(dropout_p)
+    _require_available()
+    _check_qkv(q, k, v, cu_seqlens_q, cu_seqlens_k)
+    q, k, v = _last_dim_contig(q), _last_dim_contig(k), _last_dim_contig(v)
+    cu_q, cu_k = _prep_cu(cu_seqlens_q), _prep_cu(cu_seqlens_k)
+    batch = cu_q.numel() - 1
+    nheads, d = q.shape[1], q.shape[2]
+    sm_scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(d)
+    slopes, stride_b = _prep_slopes(alibi_slopes, batch, nheads, q.device)
+    return _FlashAttnVarlen.apply(q, k, v, cu_q, cu_k, int(max_seqlen_q),
+                                  int(max_seqlen_k), sm_scale, bool(causal), slopes,
+                                  stride_b)
+
+
+def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0,
+                                     softmax_scale=None, causal=False,
+                                     alibi_slopes=None):
+    """Varlen self-attention on a packed ``(total, 3, nheads, headdim)`` tensor.
+    Returns ``(total, nheads, headdim)``; the backward writes ``dqkv`` directly."""
+    _check_dropout(dropout_p)
+    _require_available()
+    if not isinstance(qkv, torch.Tensor) or qkv.dim() != 4 or qkv.shape[1] != 3:
+        raise ValueError(
+            "qkv must have shape (total, 3, nheads, headdim), got "
+            f"{tuple(qkv.shape) if isinstance(qkv, torch.Tensor) else type(qkv)}")
+    qkv = _last_dim_contig(qkv)
+    _check_qkv(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, cu_seqlens)
+    cu = _prep_cu(cu_seqlens)
+    batch = cu.numel() - 1
+    nheads, d = qkv.shape[2], qkv.shape[3]
+    sm_scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(d)
+    slopes, stride_b = _prep_slopes(alibi_slopes, batch, nheads, qkv.device)
+    return _FlashAttnVarlenQKVPacked.apply(qkv, cu, int(max_seqlen), sm_scale,
+                                           bool(causal), slopes, stride_b)
