@@ -1,0 +1,674 @@
+"""MosaicBERT: a BERT encoder built for fast pretraining (Portes et al., NeurIPS 2023).
+
+Read top to bottom, this file is the whole model:
+
+    input_ids (batch, seqlen) --unpad once--> (total_nnz,)
+      -> embeddings: word + token type, LayerNorm, dropout            (total_nnz, hidden)     [no position embeddings]
+      -> N x layer: attention with ALiBi on cu_seqlens, post-LN;
+                    GeGLU MLP, post-LN                                 (total_nnz, hidden)
+      -> repad at the end                                              (batch, seqlen, hidden)
+
+Attention runs on the unpadded tokens: the Triton kernel (`flash_attn_triton.py`) on CUDA in fp16/bf16, else an
+always-correct PyTorch path that pads each sequence to the longest one. ALiBi adds -slope_h * |i - j| to the scores
+and is computed on the fly from per-head slopes, so nothing of size L^2 is model state and any input length works.
+The MLM head runs only at the masked positions when `labels` are given.
+
+Parameter names follow the original MosaicBERT checkpoints (`bert.encoder.layer.N.attention.self.Wqkv`,
+`mlp.gated_layers`, `mlp.wo`, `mlp.layernorm`, ...). Config fields MosaicBERT adds are read with defaults, so a stock
+`transformers.BertConfig` works too.
+"""
+
+import functools
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPoolingAndCrossAttentions,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+)
+from transformers.utils import logging
+
+from .bert_padding import Unpadded, index_first_axis, index_put_first_axis, pad_input, unpad_mask
+from .configuration_bert import ATTENTION_BACKENDS, BertConfig
+from .flash_attn_triton import flash_attn_varlen_qkvpacked_func as triton_varlen_qkvpacked
+from .flash_attn_triton import is_available as triton_is_available
+
+try:  # flash-attn 2 (has alibi_slopes): an optional alternative kernel
+    from flash_attn import flash_attn_varlen_qkvpacked_func as fa2_varlen_qkvpacked
+except ImportError:
+    fa2_varlen_qkvpacked = None
+
+logger = logging.get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# ALiBi
+
+
+def alibi_slopes_list(n_heads: int) -> list[float]:
+    """Per-head ALiBi slopes: the geometric sequence 2^(-8/n), 2^(-16/n), ... for a power-of-two n; otherwise the
+    ALiBi paper's rule: the slopes of the closest smaller power of two, then every other slope of the next larger."""
+
+    def power_of_2(n: int) -> list[float]:
+        start = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
+        return [start ** (i + 1) for i in range(n)]
+
+    if math.log2(n_heads).is_integer():
+        return power_of_2(n_heads)
+    closest = 2 ** math.floor(math.log2(n_heads))
+    return power_of_2(closest) + alibi_slopes_list(2 * closest)[0::2][: n_heads - closest]
+
+
+@functools.lru_cache(maxsize=16)
+def alibi_slopes(n_heads: int, device: torch.device) -> torch.Tensor:
+    """(n_heads,) fp32 slopes on `device`, built once per device (never on the meta device at model build time)."""
+    return torch.tensor(alibi_slopes_list(n_heads), dtype=torch.float32, device=device)
+
+
+def alibi_bias(slopes: torch.Tensor, seqlen: int) -> torch.Tensor:
+    """(n_heads, seqlen, seqlen) fp32 bias -slope * |i - j|."""
+    pos = torch.arange(seqlen, device=slopes.device)
+    distance = (pos[None, :] - pos[:, None]).abs().to(torch.float32)
+    return -slopes[:, None, None] * distance
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Attention on unpadded tokens
+
+
+class Sequences:
+    """The sequences of one forward pass: `cu_seqlens`, `max_seqlen` and, built once on first use by the PyTorch
+    attention path, the layout that pads every sequence to `max_seqlen`."""
+
+    def __init__(self, cu_seqlens: torch.Tensor, max_seqlen: int):
+        self.cu_seqlens = cu_seqlens  # (n_seqs + 1,) int32
+        self.max_seqlen = max_seqlen
+        self._padded = None
+
+    @property
+    def n_seqs(self) -> int:
+        return self.cu_seqlens.shape[0] - 1
+
+    def padded_layout(self):
+        """(pad_index (total_nnz,) into the (n_seqs * max_seqlen) grid, key_valid (n_seqs, max_seqlen) bool)."""
+        if self._padded is None:
+            cu = self.cu_seqlens.long()
+            seqlens = cu[1:] - cu[:-1]
+            total = int(cu[-1])
+            seq_id = torch.repeat_interleave(torch.arange(self.n_seqs, device=cu.device), seqlens, output_size=total)
+            pos = torch.arange(total, device=cu.device) - cu[seq_id]
+            key_valid = torch.arange(self.max_seqlen, device=cu.device)[None, :] < seqlens[:, None]
+            self._padded = (seq_id * self.max_seqlen + pos, key_valid)
+        return self._padded
+
+
+def torch_attention(qkv, seqs: Sequences, slopes, dropout_p: float, backend: str) -> torch.Tensor:
+    """Always-correct attention: pad each sequence, add the ALiBi bias and -inf-like masking of padding keys.
+
+    qkv: (total_nnz, 3, n_heads, head_dim) -> (total_nnz, n_heads, head_dim). Padding keys get exactly zero weight.
+    """
+    total, _, n_heads, head_dim = qkv.shape
+    n, L = seqs.n_seqs, seqs.max_seqlen
+    pad_index, key_valid = seqs.padded_layout()
+    qkv = index_put_first_axis(qkv, pad_index, n * L).view(n, L, 3, n_heads, head_dim)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (n, n_heads, L, head_dim)
+    bias = alibi_bias(slopes, L)[None].masked_fill(~key_valid[:, None, None, :], float("-inf"))  # (n, h, L, L)
+    if backend == "eager":
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(head_dim) + bias
+        probs = torch.softmax(scores, dim=-1)  # every sequence has >= 1 token, so no row is all -inf
+        probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0).to(v.dtype)
+        out = torch.matmul(probs, v)
+    else:
+        bias = bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+    out = out.transpose(1, 2).reshape(n * L, n_heads, head_dim)  # (n * L, n_heads, head_dim)
+    return index_first_axis(out, pad_index)
+
+
+def resolve_attention_backend(config, device: torch.device, dtype: torch.dtype, dropout_p: float) -> str:
+    """Pick the attention implementation for this call. Rule: the fused kernels run without attention dropout only;
+    with dropout active (training with attention_probs_dropout_prob > 0) attention takes the PyTorch SDPA path."""
+    backend = getattr(config, "attention_backend", "auto") or "auto"
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"config.attention_backend={backend!r} is not one of {ATTENTION_BACKENDS}")
+    half = dtype in (torch.float16, torch.bfloat16)
+    if backend == "auto":
+        if device.type == "cuda" and half and dropout_p == 0.0 and triton_is_available():
+            return "triton"
+        if device.type == "cuda" and half and fa2_varlen_qkvpacked is not None:
+            return "flash_attn"
+        return "sdpa"
+    if backend == "triton":
+        if not (device.type == "cuda" and half and triton_is_available()):
+            raise RuntimeError(
+                "attention_backend='triton' needs triton, a CUDA device and fp16/bf16 activations (use bf16 autocast); "
+                "set attention_backend='auto' to fall back to PyTorch attention elsewhere."
+            )
+        if dropout_p > 0.0:
+            logger.warning_once("Attention dropout is active: attention runs on the PyTorch SDPA path, not Triton.")
+            return "sdpa"
+    if backend == "flash_attn" and fa2_varlen_qkvpacked is None:
+        raise RuntimeError("attention_backend='flash_attn' needs the flash-attn package: pip install flash-attn")
+    return backend
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Modules
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm that, under bf16/fp16 autocast and with `low_precision`, runs in the autocast dtype instead of fp32."""
+
+    def __init__(self, hidden_size: int, eps: float, low_precision: bool):
+        super().__init__(hidden_size, eps=eps)
+        self.low_precision = low_precision
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device_type = x.device.type
+        if self.low_precision and torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            with torch.autocast(device_type, enabled=False):
+                return F.layer_norm(
+                    x.to(dtype), self.normalized_shape, self.weight.to(dtype), self.bias.to(dtype), self.eps
+                )
+        return super().forward(x)
+
+
+def _layer_norm(config) -> LayerNorm:
+    return LayerNorm(config.hidden_size, config.layer_norm_eps, getattr(config, "low_precision_layernorm", True))
+
+
+class BertEmbeddings(nn.Module):
+    """Word + token-type embeddings, LayerNorm, dropout. No position embeddings: ALiBi encodes position."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = _layer_norm(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids, inputs_embeds=None) -> torch.Tensor:
+        # input_ids, token_type_ids: (total_nnz,) -> (total_nnz, hidden)
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class BertUnpadSelfAttention(nn.Module):
+    """Fused QKV projection and attention over the unpadded tokens."""
+
+    def __init__(self, config):
+        super().__init__()
+        if config.hidden_size % config.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size ({config.hidden_size}) must be a multiple of num_attention_heads "
+                f"({config.num_attention_heads})"
+            )
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.p_dropout = config.attention_probs_dropout_prob
+        self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor, seqs: Sequences) -> torch.Tensor:
+        # (total_nnz, hidden) -> (total_nnz, 3, n_heads, head_dim)
+        qkv = self.Wqkv(hidden_states).view(-1, 3, self.num_heads, self.head_dim)
+        dropout_p = self.p_dropout if self.training else 0.0
+        slopes = alibi_slopes(self.num_heads, qkv.device)
+        backend = resolve_attention_backend(self.config, qkv.device, qkv.dtype, dropout_p)
+        if backend == "triton":
+            out = triton_varlen_qkvpacked(qkv, seqs.cu_seqlens, seqs.max_seqlen, alibi_slopes=slopes)
+        elif backend == "flash_attn":
+            out = fa2_varlen_qkvpacked(qkv, seqs.cu_seqlens, seqs.max_seqlen, dropout_p, alibi_slopes=slopes)
+        else:
+            out = torch_attention(qkv, seqs, slopes, dropout_p, backend)
+        return out.reshape(-1, self.num_heads * self.head_dim)  # (total_nnz, hidden)
+
+
+class BertSelfOutput(nn.Module):
+    """Output projection, dropout, residual, post-LN."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = _layer_norm(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class BertUnpadAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.self = BertUnpadSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, hidden_states, seqs: Sequences, subset_idx=None) -> torch.Tensor:
+        context = self.self(hidden_states, seqs)
+        if subset_idx is not None:  # keep only the tokens whose outputs are needed (last layer under MLM)
+            context = index_first_axis(context, subset_idx)
+            hidden_states = index_first_axis(hidden_states, subset_idx)
+        return self.output(context, hidden_states)
+
+
+class BertGatedLinearUnitMLP(nn.Module):
+    """GeGLU feed-forward: one (hidden -> 2 x intermediate) matmul, exact GELU on the first half times the second
+    half, dropout, `wo`, residual, post-LN."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.gated_layers = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.act = nn.GELU(approximate="none")
+        self.wo = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.layernorm = _layer_norm(config)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        residual = hidden_states
+        gated, non_gated = self.gated_layers(hidden_states).split(self.intermediate_size, dim=-1)
+        hidden_states = self.dropout(self.act(gated) * non_gated)  # (total_nnz, intermediate)
+        return self.layernorm(self.wo(hidden_states) + residual)
+
+
+class BertLayer(GradientCheckpointingLayer):
+    def __init__(self, config):
+        super().__init__()
+        self.attention = BertUnpadAttention(config)
+        self.mlp = BertGatedLinearUnitMLP(config)
+
+    def forward(self, hidden_states, seqs: Sequences = None, subset_idx=None) -> torch.Tensor:
+        return self.mlp(self.attention(hidden_states, seqs, subset_idx))
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(self, hidden_states, seqs: Sequences, subset_idx=None, output_hidden_states=False):
+        """(total_nnz, hidden) -> (total_nnz or n_subset, hidden), and every layer's input if asked.
+        With `subset_idx`, the last layer computes its outputs only at those tokens (attention still sees all)."""
+        all_hidden = [hidden_states] if output_hidden_states else None
+        last = len(self.layer) - 1
+        for i, layer in enumerate(self.layer):
+            hidden_states = layer(hidden_states, seqs=seqs, subset_idx=subset_idx if i == last else None)
+            if output_hidden_states:
+                all_hidden.append(hidden_states)
+        return hidden_states, all_hidden
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, first_token: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(first_token))
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        act = config.hidden_act
+        self.transform_act_fn = ACT2FN[act] if isinstance(act, str) else act
+        self.LayerNorm = _layer_norm(config)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
+
+
+class BertLMPredictionHead(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)  # weight tied to the word embeddings
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(hidden_states))
+
+
+class BertOnlyMLMHead(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+
+    def forward(self, sequence_output: torch.Tensor) -> torch.Tensor:
+        return self.predictions(sequence_output)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Input checks
+
+
+def _check_inputs(config, input_ids, attention_mask, token_type_ids, inputs_embeds):
+    """Shape and range checks with errors that say what is wrong. One device sync for all value checks."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+    if input_ids is not None and input_ids.dim() != 2:
+        raise ValueError(
+            f"input_ids must be (batch, seqlen), got shape {tuple(input_ids.shape)}; add a batch dimension "
+            "with input_ids[None] for a single sequence."
+        )
+    shape = tuple(input_ids.shape) if input_ids is not None else tuple(inputs_embeds.shape[:2])
+    for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but the inputs have shape {shape}; they must match.")
+    checks = []
+    if input_ids is not None and input_ids.numel():
+        checks += [input_ids.min(), input_ids.max()]
+    if token_type_ids is not None and token_type_ids.numel():
+        checks += [token_type_ids.min(), token_type_ids.max()]
+    if attention_mask is not None and attention_mask.numel():
+        checks += [attention_mask.min()]
+    if not checks:
+        return
+    values = torch.stack([c.long() for c in checks]).tolist()
+    if input_ids is not None and input_ids.numel():
+        lo, hi = values[:2]
+        values = values[2:]
+        if lo < 0 or hi >= config.vocab_size:
+            raise ValueError(
+                f"input_ids hold ids in [{lo}, {hi}] but the model's vocab_size is {config.vocab_size}: the tokenizer "
+                "does not match the model (use the tokenizer saved with the model, or a model with a larger vocab)."
+            )
+    if token_type_ids is not None and token_type_ids.numel():
+        lo, hi = values[:2]
+        values = values[2:]
+        if lo < 0 or hi >= config.type_vocab_size:
+            raise ValueError(
+                f"token_type_ids hold values in [{lo}, {hi}] but type_vocab_size is {config.type_vocab_size}; "
+                "segment ids must be 0 .. type_vocab_size - 1."
+            )
+    if values and values[0] < 0:
+        raise ValueError("attention_mask must be 0 (padding), 1 (token), or document ids >= 1 for packed rows.")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Models
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_bert.BertConfig",
+    "AutoModel": "modeling_bert.BertModel",
+    "AutoModelForMaskedLM": "modeling_bert.BertForMaskedLM",
+    "AutoModelForSequenceClassification": "modeling_bert.BertForSequenceClassification",
+}
+
+
+class BertPreTrainedModel(PreTrainedModel):
+    config_class = BertConfig
+    base_model_prefix = "bert"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BertEmbeddings", "BertLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        # Linear/Embedding ~ N(0, initializer_range), zero biases and padding row, LayerNorm = identity.
+        super()._init_weights(module)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Write a Hub-ready folder: safetensors weights, config.json whose auto_map names all four auto classes,
+        and the four remote-code files. Tokenizer files go beside them with `tokenizer.save_pretrained(folder)`."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As transformers' `from_pretrained`, but an encoder weight that is missing from the checkpoint, or a
+        checkpoint tensor the encoder does not have, is an error that names them: this catches loading a
+        non-MosaicBERT checkpoint (e.g. stock BERT with position embeddings). New heads may still start fresh."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+
+        def encoder_keys(keys):
+            return sorted(k for k in keys if "embeddings." in k or "encoder." in k)
+
+        missing, unexpected = encoder_keys(info.get("missing_keys", [])), encoder_keys(info.get("unexpected_keys", []))
+        if missing or unexpected:
+            source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+            raise ValueError(
+                f"{source} is not a {cls.__name__} checkpoint of this shape: "
+                f"missing encoder weights {missing[:8]}{' ...' if len(missing) > 8 else ''}; "
+                f"unexpected weights {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}. "
+                "Load a MosaicBERT checkpoint, or a config that matches it."
+            )
+        return (model, info) if want_info else model
+
+
+class BertModel(BertPreTrainedModel):
+    """The MosaicBERT encoder. `last_hidden_state` is (batch, seqlen, hidden) with zeros at padding; with
+    `masked_tokens_mask` it is (n_masked, hidden): the last layer ran only at those tokens (row-major order)."""
+
+    def __init__(self, config, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        output_hidden_states=None,
+        return_dict=None,
+        masked_tokens_mask=None,
+        **kwargs,
+    ):
+        if position_ids is not None:
+            raise ValueError("MosaicBERT has no position embeddings (ALiBi encodes position): do not pass position_ids.")
+        _check_inputs(self.config, input_ids, attention_mask, token_type_ids, inputs_embeds)
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        ref = input_ids if input_ids is not None else inputs_embeds
+        batch, seqlen = ref.shape[:2]
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, seqlen, dtype=torch.long, device=ref.device)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(batch, seqlen, dtype=torch.long, device=ref.device)
+
+        # Unpad once: everything below runs on (total_nnz, ...).
+        u: Unpadded = unpad_mask(attention_mask)
+        alibi_size = getattr(self.config, "alibi_starting_size", 512)
+        if u.max_seqlen > alibi_size:
+            logger.warning_once(
+                f"Input sequences of up to {u.max_seqlen} tokens exceed config.alibi_starting_size={alibi_size}: "
+                "ALiBi extrapolates beyond the trained length. Set config.alibi_starting_size to silence this."
+            )
+        flat_ids = input_ids.reshape(-1)[u.indices] if input_ids is not None else None
+        flat_embeds = (
+            index_first_axis(inputs_embeds.reshape(batch * seqlen, -1), u.indices) if inputs_embeds is not None else None
+        )
+        hidden = self.embeddings(flat_ids, token_type_ids.reshape(-1)[u.indices], flat_embeds)  # (total_nnz, hidden)
+        seqs = Sequences(u.cu_seqlens, u.max_seqlen)
+
+        subset_idx = None
+        if masked_tokens_mask is not None and not output_hidden_states:
+            subset_idx = torch.nonzero(masked_tokens_mask.reshape(-1)[u.indices], as_tuple=False).flatten()
+        hidden, all_hidden = self.encoder(hidden, seqs, subset_idx, output_hidden_states)
+
+        if subset_idx is not None:
+            sequence_output = hidden  # (n_masked, hidden)
+        elif masked_tokens_mask is not None:
+            sequence_output = hidden[masked_tokens_mask.reshape(-1)[u.indices]]
+        else:
+            sequence_output = pad_input(hidden, u.indices, batch, seqlen)  # (batch, seqlen, hidden)
+        pooled_output = None
+        if self.pooler is not None and masked_tokens_mask is None:
+            pooled_output = self.pooler(sequence_output[:, 0])
+        hidden_states = None
+        if output_hidden_states:
+            hidden_states = tuple(pad_input(h, u.indices, batch, seqlen) for h in all_hidden)
+
+        if not return_dict:
+            return tuple(v for v in (sequence_output, pooled_output, hidden_states) if v is not None)
+        return BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=sequence_output, pooler_output=pooled_output, hidden_states=hidden_states
+        )
+
+
+class BertForMaskedLM(BertPreTrainedModel):
+    """MosaicBERT with its MLM head.
+
+    With `labels` (batch, seqlen; -100 = not a prediction target), the last layer and the head run only at the
+    labelled tokens: `loss` is the mean cross-entropy over them and `logits` is (n_labelled, vocab) in row-major
+    (batch, position) order. Without labels, `logits` is (batch, seqlen, vocab) (zeros at padding), e.g. for fill-mask.
+    """
+
+    _tied_weights_keys = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.cls = BertOnlyMLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.cls.predictions.decoder = new_embeddings
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        masked = None
+        if labels is not None:
+            ref = input_ids if input_ids is not None else inputs_embeds
+            if tuple(labels.shape) != tuple(ref.shape[:2]):
+                raise ValueError(f"labels has shape {tuple(labels.shape)}, inputs {tuple(ref.shape[:2])}: must match.")
+            masked = labels != -100
+            if attention_mask is not None and bool((masked & (attention_mask == 0)).any()):
+                raise ValueError("labels mark padding positions (attention_mask == 0); set them to -100.")
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            masked_tokens_mask=masked,
+        )
+        sequence_output = outputs.last_hidden_state
+        loss = None
+        if labels is None:
+            logits = self.cls(sequence_output)  # (batch, seqlen, vocab)
+            if attention_mask is not None:
+                logits = logits * attention_mask.ne(0)[..., None].to(logits.dtype)
+        else:
+            logits = self.cls(sequence_output)  # (n_masked, vocab)
+            targets = labels[masked]
+            if targets.numel() == 0:
+                loss = logits.sum() * 0.0  # nothing masked: zero loss, graph kept for DDP
+            else:
+                loss = F.cross_entropy(logits.float(), targets)
+        if not return_dict:
+            return (loss, logits) if loss is not None else (logits,)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    """MosaicBERT with a pooler and a classifier; the loss follows transformers' `problem_type` rules
+    (regression for num_labels == 1, single-label for integer labels, multi-label otherwise)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=True)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))  # (batch, num_labels)
+        loss = None
+        if labels is not None:
+            if self.config.problem_type is None:
+                if self.num_labels == 1:
+                    self.config.problem_type = "regression"
+                elif labels.dtype in (torch.long, torch.int):
+                    self.config.problem_type = "single_label_classification"
+                else:
+                    self.config.problem_type = "multi_label_classification"
+            if self.config.problem_type == "regression":
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.squeeze(-1).float()) if self.num_labels == 1 else (
+                    F.mse_loss(logits.float(), labels.float())
+                )
+            elif self.config.problem_type == "single_label_classification":
+                loss = F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1))
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        if not return_dict:
+            out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            return ((loss,) + out) if loss is not None else out
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+BertConfig.register_for_auto_class()
+BertModel.register_for_auto_class("AutoModel")
+BertForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
+BertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
+__all__ = [
+    "BertForMaskedLM",
+    "BertForSequenceClassification",
+    "BertModel",
+    "BertPreTrainedModel",
+    "alibi_slopes_list",
+]
