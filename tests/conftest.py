@@ -1,0 +1,43 @@
+"""Shared test helpers. Tests never need ../shared: the fixtures they use are copied into tests/fixtures/."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ORIGINAL_TINY = FIXTURES / "original_tiny"
+BERT_TOKENIZER = FIXTURES / "bert-base-uncased"
+
+# Keep the CPU suite predictable on small machines.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def tiny_config(**overrides):
+    from mosaic_bert import BertConfig
+
+    kw = dict(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        alibi_starting_size=64,
+    )
+    kw.update(overrides)
+    return BertConfig(**kw)
+
+
+def perturb_(model, seed=0):
+    """Move biases and LayerNorm parameters off their init values so that they are exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name or "layernorm" in name:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model

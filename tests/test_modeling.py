@@ -1,0 +1,371 @@
+"""MosaicBERT model behaviour against independent references: the original implementation's tensors, float64 math,
+padded vs unpadded, transformers' own loss rules."""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from conftest import FIXTURES, ORIGINAL_TINY, perturb_, tiny_config
+from mosaic_bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
+from mosaic_bert.modeling_bert import Sequences, alibi_slopes_list, torch_attention
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def io():
+    return load_file(ORIGINAL_TINY / "io.safetensors")
+
+
+def _inputs(io):
+    return dict(input_ids=io["input_ids"], attention_mask=io["attention_mask"], token_type_ids=io["token_type_ids"])
+
+
+def _maxdiff(a, b):
+    return (a.double() - b.double()).abs().max().item()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 1. Equal to the original implementation
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_mlm_matches_original(io, backend):
+    model = BertForMaskedLM.from_pretrained(ORIGINAL_TINY, attention_backend=backend).eval()
+    real = io["attention_mask"].bool()
+    with torch.no_grad():
+        logits = model(**_inputs(io)).logits
+    assert logits.shape == io["mlm_logits"].shape
+    assert _maxdiff(logits[real], io["mlm_logits"][real]) <= TOL
+
+    out = model(**_inputs(io), labels=io["labels"])
+    assert abs(out.loss.item() - io["mlm_loss"].item()) <= TOL
+    assert out.logits.shape == io["mlm_logits_at_labels"].shape
+    assert _maxdiff(out.logits, io["mlm_logits_at_labels"]) <= TOL
+
+    out.loss.backward()
+    params = dict(model.named_parameters())
+    grads = {k[len("grad.") :]: v for k, v in io.items() if k.startswith("grad.")}
+    assert len(grads) == 4
+    for name, ref in grads.items():
+        assert _maxdiff(params[name].grad, ref) <= TOL, name
+
+
+def test_encoder_matches_original(io):
+    model = BertModel.from_pretrained(ORIGINAL_TINY).eval()
+    real = io["attention_mask"].bool()
+    with torch.no_grad():
+        hidden = model(**_inputs(io)).last_hidden_state
+    assert _maxdiff(hidden[real], io["last_hidden_state"][real]) <= TOL
+    assert hidden[~real].abs().max().item() == 0.0  # repadded with zeros
+
+
+@pytest.mark.parametrize("weights,key", [("cls_model", "cls_logits"), ("reg_model", "reg_logits")])
+def test_classifiers_match_original(io, tmp_path, weights, key):
+    shutil.copy(ORIGINAL_TINY / "config.json", tmp_path / "config.json")
+    shutil.copy(ORIGINAL_TINY / f"{weights}.safetensors", tmp_path / "model.safetensors")
+    num_labels = io[key].shape[1]
+    model = BertForSequenceClassification.from_pretrained(tmp_path, num_labels=num_labels).eval()
+    with torch.no_grad():
+        logits = model(**_inputs(io)).logits
+    assert _maxdiff(logits, io[key]) <= TOL
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 2. Parameter names and shapes of the original mosaic-bert-base
+
+
+def test_base_state_dict_matches_original_names_and_shapes():
+    ref = json.loads((FIXTURES / "mosaic-bert-base.state_dict.json").read_text())
+    with torch.device("meta"):
+        mlm = BertForMaskedLM(BertConfig())
+        cls = BertForSequenceClassification(BertConfig(num_labels=2))
+    assert {k: list(v.shape) for k, v in mlm.state_dict().items()} == ref["BertForMaskedLM"]
+    assert {k: list(v.shape) for k, v in cls.state_dict().items()} == ref["BertForSequenceClassification"]
+    unique = sum(p.numel() for p in mlm.parameters())  # parameters() yields a tied tensor once
+    assert unique == ref["BertForMaskedLM_unique_params"] == 137_400_384
+    assert mlm.cls.predictions.decoder.weight is mlm.bert.embeddings.word_embeddings.weight
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 3. Padding, batching, packing
+
+
+def _tiny_mlm(**overrides):
+    torch.manual_seed(0)
+    return perturb_(BertForMaskedLM(tiny_config(**overrides))).eval()
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_sequence_alone_equals_in_padded_batch_any_order(backend):
+    model = _tiny_mlm(attention_backend=backend)
+    g = torch.Generator().manual_seed(1)
+    lengths = [7, 1, 12, 4]
+    seqs = [torch.randint(1, 128, (n,), generator=g) for n in lengths]
+    L = max(lengths) + 3
+    ids = torch.zeros(len(seqs), L, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = 1
+    with torch.no_grad():
+        batched = model(input_ids=ids, attention_mask=mask).logits
+        perm = torch.tensor([2, 0, 3, 1])
+        permuted = model(input_ids=ids[perm], attention_mask=mask[perm]).logits
+        for i, s in enumerate(seqs):
+            alone = model(input_ids=s[None]).logits[0]
+            assert _maxdiff(batched[i, : len(s)], alone) <= 1e-5
+        assert _maxdiff(permuted, batched[perm]) <= 1e-5
+
+
+def test_all_padding_row_gives_no_nan():
+    model = _tiny_mlm()
+    ids = torch.randint(1, 128, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1] = 0
+    mask[2, 4:] = 0
+    ids = ids * mask
+    cls = BertForSequenceClassification(tiny_config(num_labels=2)).train()
+    out = cls(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1, 1]))
+    assert torch.isfinite(out.logits).all()
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in cls.parameters() if p.grad is not None)
+    with torch.no_grad():
+        hidden = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.isfinite(hidden).all() and hidden[1].abs().max() == 0
+
+
+def test_packed_documents_equal_separate_sequences():
+    """attention_mask with document ids: attention never crosses documents, ALiBi restarts per document."""
+    model = _tiny_mlm()
+    g = torch.Generator().manual_seed(2)
+    docs = [torch.randint(1, 128, (n,), generator=g) for n in (5, 3, 6)]
+    row = torch.cat([docs[0], docs[1], torch.zeros(2, dtype=torch.long)])
+    row2 = torch.cat([docs[2], torch.zeros(4, dtype=torch.long)])
+    ids = torch.stack([row, row2])
+    mask = torch.tensor([[1] * 5 + [2] * 3 + [0] * 2, [1] * 6 + [0] * 4])
+    with torch.no_grad():
+        packed = model(input_ids=ids, attention_mask=mask).logits
+        assert _maxdiff(packed[0, :5], model(input_ids=docs[0][None]).logits[0]) <= 1e-5
+        assert _maxdiff(packed[0, 5:8], model(input_ids=docs[1][None]).logits[0]) <= 1e-5
+        assert _maxdiff(packed[1, :6], model(input_ids=docs[2][None]).logits[0]) <= 1e-5
+        # Treating the whole row as one sequence gives something else: the mask matters.
+        joined = model(input_ids=ids, attention_mask=mask.ne(0).long()).logits
+        assert _maxdiff(joined[0, 5:8], packed[0, 5:8]) > 1e-3
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# ALiBi and attention against float64 math
+
+
+def test_alibi_slopes_follow_the_paper():
+    assert alibi_slopes_list(8) == [2.0**-k for k in range(1, 9)]
+    assert alibi_slopes_list(4) == [2.0**-k for k in (2, 4, 6, 8)]
+    # 12 heads: the 8-head slopes, then every other slope of the 16-head sequence 2^-0.5, 2^-1, ...
+    expected_12 = [2.0**-k for k in range(1, 9)] + [2.0**-k for k in (0.5, 1.5, 2.5, 3.5)]
+    assert alibi_slopes_list(12) == pytest.approx(expected_12, rel=1e-12)
+    assert len(alibi_slopes_list(6)) == 6 and len(set(alibi_slopes_list(6))) == 6
+
+
+def _attention_reference_f64(qkv, lengths, slopes):
+    """Per sequence, float64: softmax(q k^T / sqrt(d) - slope |i - j|) v."""
+    outs, start = [], 0
+    for n in lengths:
+        q, k, v = qkv[start : start + n].double().unbind(1)  # (n, h, d)
+        d = q.shape[-1]
+        scores = torch.einsum("ihd,jhd->hij", q, k) / math.sqrt(d)
+        pos = torch.arange(n, dtype=torch.float64)
+        scores = scores - torch.tensor(slopes, dtype=torch.float64)[:, None, None] * (pos[None, :] - pos[:, None]).abs()
+        outs.append(torch.einsum("hij,jhd->ihd", scores.softmax(-1), v))
+        start += n
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+@pytest.mark.parametrize("n_heads", [4, 6])
+def test_torch_attention_matches_float64(backend, n_heads):
+    g = torch.Generator().manual_seed(3)
+    lengths = [1, 5, 17, 2]
+    qkv = torch.randn(sum(lengths), 3, n_heads, 8, generator=g) * 2
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
+    slopes = alibi_slopes_list(n_heads)
+    out = torch_attention(qkv, Sequences(cu, max(lengths)), torch.tensor(slopes), 0.0, backend)
+    ref = _attention_reference_f64(qkv, lengths, slopes)
+    assert (out.double() - ref).norm() / ref.norm() < 1e-5
+    # The bias is really applied: other slopes give another answer.
+    wrong = _attention_reference_f64(qkv, lengths, [s * 2 for s in slopes])
+    assert (out.double() - wrong).norm() / wrong.norm() > 1e-2
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# MLM head at masked positions
+
+
+def test_mlm_head_runs_only_at_labelled_positions():
+    model = _tiny_mlm()
+    ids = torch.randint(1, 128, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[0, 9], labels[1, 0], labels[1, 5] = 5, 6, 7, 8
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask).logits
+        out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    picked = full[labels != -100]  # row-major order
+    assert out.logits.shape == (4, 128)
+    assert _maxdiff(out.logits, picked) <= 1e-5
+    assert abs(out.loss.item() - F.cross_entropy(picked, labels[labels != -100]).item()) <= 1e-5
+    # nothing labelled: a zero loss that still backpropagates
+    loss = BertForMaskedLM(tiny_config())(input_ids=ids, labels=torch.full_like(ids, -100)).loss
+    assert loss.item() == 0.0 and loss.requires_grad
+
+
+def test_hidden_states_and_tuple_outputs():
+    model = _tiny_mlm()
+    ids = torch.randint(1, 128, (2, 6))
+    with torch.no_grad():
+        out = model.bert(input_ids=ids, output_hidden_states=True)
+        tup = model.bert(input_ids=ids, return_dict=False)
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+    assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
+    assert torch.equal(tup[0], out.last_hidden_state)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Sequence classification losses follow transformers' rules
+
+
+def test_classification_losses():
+    torch.manual_seed(0)
+    ids = torch.randint(1, 128, (3, 5))
+    for num_labels, labels, fn in [
+        (1, torch.tensor([0.5, -1.0, 2.0]), lambda lg, y: F.mse_loss(lg.squeeze(-1), y)),
+        (3, torch.tensor([0, 2, 1]), F.cross_entropy),
+        (3, torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 0]]), F.binary_cross_entropy_with_logits),
+    ]:
+        model = BertForSequenceClassification(tiny_config(num_labels=num_labels)).eval()
+        out = model(input_ids=ids, labels=labels)
+        assert out.logits.shape == (3, num_labels)
+        assert abs(out.loss.item() - fn(out.logits, labels).item()) < 1e-6
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 5. Bad input gets a clear error
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = _tiny_mlm()
+    ids = torch.randint(1, 128, (2, 5))
+    with pytest.raises(ValueError, match="vocab_size is 128"):
+        model(input_ids=ids.clone().fill_(128))
+    with pytest.raises(ValueError, match="vocab_size"):
+        model(input_ids=ids.clone().fill_(-1))
+    with pytest.raises(ValueError, match="type_vocab_size is 2"):
+        model(input_ids=ids, token_type_ids=torch.full_like(ids, 2))
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        model(input_ids=ids, attention_mask=torch.ones(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\(batch, seqlen\)"):
+        model(input_ids=ids[0])
+    with pytest.raises(ValueError, match="padding positions"):
+        mask = torch.ones_like(ids)
+        mask[0, -1] = 0
+        model(input_ids=ids, attention_mask=mask, labels=ids)
+    with pytest.raises(ValueError, match="position_ids"):
+        model(input_ids=ids, position_ids=torch.arange(5)[None])
+    with pytest.raises(ValueError, match="attention_backend"):
+        BertConfig(attention_backend="cuda")
+
+
+def test_loading_a_mismatched_checkpoint_names_the_keys(tmp_path):
+    import transformers
+
+    hf = transformers.BertForMaskedLM(
+        transformers.BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                intermediate_size=48)
+    )
+    hf.save_pretrained(tmp_path / "stock")
+    with pytest.raises(ValueError, match="position_embeddings"):
+        BertForMaskedLM.from_pretrained(tmp_path / "stock")
+    # same names, other shapes
+    BertForMaskedLM(tiny_config()).save_pretrained(tmp_path / "tiny")
+    with pytest.raises(Exception, match="Wqkv|size|shape"):
+        BertForMaskedLM.from_pretrained(tmp_path / "tiny", intermediate_size=40, hidden_size=32)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training features
+
+
+def test_gradient_checkpointing_recomputes_and_gives_same_grads():
+    torch.manual_seed(0)
+    model = perturb_(BertForMaskedLM(tiny_config()))
+    ids = torch.randint(1, 128, (2, 8))
+    labels = torch.where(torch.rand(ids.shape) < 0.5, ids, torch.full_like(ids, -100))
+    labels[0, 0] = ids[0, 0]
+    calls = []
+    # the first op of the layer: recomputation may stop early, before the layer's last modules
+    model.bert.encoder.layer[0].attention.self.Wqkv.register_forward_hook(lambda *a: calls.append(1))
+
+    def grads():
+        model.zero_grad()
+        model(input_ids=ids, labels=labels).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model.train()
+    plain = grads()
+    assert len(calls) == 1
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    calls.clear()
+    ckpt = grads()
+    assert len(calls) == 2  # the layer ran again during backward
+    for n in plain:
+        assert torch.allclose(plain[n], ckpt[n], atol=1e-6), n
+
+
+def test_low_precision_layernorm_under_autocast():
+    torch.manual_seed(0)
+    ids = torch.randint(1, 128, (2, 8))
+    outs = {}
+    for flag in (True, False):
+        torch.manual_seed(0)  # same weights for both
+        model = BertModel(tiny_config(low_precision_layernorm=flag)).eval()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            outs[flag] = model(input_ids=ids).last_hidden_state
+    assert outs[True].dtype == torch.bfloat16
+    assert outs[False].dtype == torch.float32
+    assert _maxdiff(outs[True], outs[False]) < 0.1
+
+
+def test_attention_dropout_is_applied_in_training_only():
+    model = _tiny_mlm(attention_probs_dropout_prob=0.5)
+    ids = torch.randint(1, 128, (2, 12))
+    with torch.no_grad():
+        a, b = model(input_ids=ids).logits, model(input_ids=ids).logits
+        assert torch.equal(a, b)
+        model.train()
+        c, d = model(input_ids=ids).logits, model(input_ids=ids).logits
+    assert not torch.allclose(c, d)
+
+
+def test_inputs_longer_than_alibi_starting_size_work(caplog):
+    torch.manual_seed(0)
+    model = BertModel(tiny_config(alibi_starting_size=16)).eval()
+    ids = torch.randint(1, 128, (1, 40))
+    with torch.no_grad():
+        out = model(input_ids=ids).last_hidden_state
+    assert out.shape == (1, 40, 32) and torch.isfinite(out).all()
+
+
+def test_model_builds_on_meta_device_and_materialises():
+    with torch.device("meta"):
+        model = BertForMaskedLM(tiny_config())
+    model = model.to_empty(device="cpu")
+    model.init_weights() if hasattr(model, "init_weights") else None
+    out = model(input_ids=torch.randint(1, 128, (1, 4))).logits
+    assert out.shape == (1, 4, 128)
