@@ -1,0 +1,92 @@
+"""A saved folder works as transformers remote code in a fresh process where `mosaic_bert` cannot be imported."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+from transformers import AutoTokenizer
+
+from conftest import BERT_TOKENIZER, perturb_, tiny_config
+from mosaic_bert import BertForMaskedLM, BertForSequenceClassification
+
+CHILD = textwrap.dedent(
+    r"""
+    import json, sys, warnings
+    sys.modules["mosaic_bert"] = None  # the package is not importable: only the folder's code may be used
+    import torch
+    from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification,
+                              AutoTokenizer, BertConfig, pipeline)
+
+    mlm_dir, cls_dir = sys.argv[1], sys.argv[2]
+    exp = torch.load(f"{mlm_dir}/expected.pt")
+    report = {}
+    cfg = AutoConfig.from_pretrained(mlm_dir, trust_remote_code=True)
+    report["config_class"] = f"{type(cfg).__module__}.{type(cfg).__name__}"
+    mlm = AutoModelForMaskedLM.from_pretrained(mlm_dir, trust_remote_code=True).eval()
+    enc = AutoModel.from_pretrained(mlm_dir, trust_remote_code=True).eval()
+    cls = AutoModelForSequenceClassification.from_pretrained(cls_dir, trust_remote_code=True).eval()
+    report["model_module"] = type(mlm).__module__
+    with torch.no_grad():
+        report["mlm"] = (mlm(**exp["inputs"]).logits - exp["mlm"]).abs().max().item()
+        report["enc"] = (enc(**exp["inputs"]).last_hidden_state - exp["enc"]).abs().max().item()
+        report["cls"] = (cls(**exp["inputs"]).logits - exp["cls"]).abs().max().item()
+
+    # The model card, verbatim apart from the path: a stock BertConfig, then longer ALiBi.
+    config = BertConfig.from_pretrained(mlm_dir)
+    config.alibi_starting_size = 1024
+    card = AutoModelForMaskedLM.from_pretrained(mlm_dir, config=config, trust_remote_code=True).eval()
+    ids = torch.randint(1000, 2000, (1, 1024))
+    with torch.no_grad():
+        long_logits = card(input_ids=ids).logits
+    report["long_shape"] = list(long_logits.shape)
+    report["long_finite"] = bool(torch.isfinite(long_logits).all())
+
+    tokenizer = AutoTokenizer.from_pretrained(mlm_dir)
+    fill = pipeline("fill-mask", model=mlm, tokenizer=tokenizer)
+    report["fill_mask"] = fill("I [MASK] to the store yesterday.")
+    print("REPORT" + json.dumps(report))
+    """
+)
+
+
+def test_saved_folder_loads_as_remote_code_in_fresh_process(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config(vocab_size=30528, alibi_starting_size=128)
+    mlm = perturb_(BertForMaskedLM(cfg)).eval()
+    mlm_dir, cls_dir = tmp_path / "mlm", tmp_path / "cls"
+    mlm.save_pretrained(mlm_dir)
+    AutoTokenizer.from_pretrained(BERT_TOKENIZER).save_pretrained(mlm_dir)
+    cls = perturb_(BertForSequenceClassification(tiny_config(vocab_size=30528, num_labels=3)), seed=1).eval()
+    cls.save_pretrained(cls_dir)
+
+    # The folder is Hub-ready: weights, config with the four auto classes, the four code files.
+    files = {p.name for p in mlm_dir.iterdir()}
+    assert {"model.safetensors", "config.json", "configuration_bert.py", "modeling_bert.py", "bert_padding.py",
+            "flash_attn_triton.py", "tokenizer.json"} <= files
+    auto_map = json.loads((mlm_dir / "config.json").read_text())["auto_map"]
+    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForMaskedLM", "AutoModelForSequenceClassification"}
+
+    ids = torch.randint(1, 30000, (2, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    inputs = dict(input_ids=ids, attention_mask=mask)
+    with torch.no_grad():
+        expected = dict(inputs=inputs, mlm=mlm(**inputs).logits, enc=mlm.bert(**inputs).last_hidden_state,
+                        cls=cls(**inputs).logits)
+    torch.save(expected, mlm_dir / "expected.pt")
+
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(mlm_dir), str(cls_dir)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.split("REPORT", 1)[1])
+    assert report["config_class"].endswith("configuration_bert.BertConfig")
+    assert report["model_module"].startswith("transformers_modules")  # loaded from the folder's code
+    assert report["mlm"] <= 1e-5 and report["enc"] <= 1e-5 and report["cls"] <= 1e-5
+    assert report["long_shape"] == [1, 1024, 30528] and report["long_finite"]
+    answers = report["fill_mask"]
+    assert len(answers) == 5 and all(0.0 <= a["score"] <= 1.0 for a in answers)
+    assert all(a["sequence"].startswith("i ") and a["sequence"].endswith("to the store yesterday.") for a in answers)
