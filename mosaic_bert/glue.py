@@ -48,14 +48,20 @@ WARMUP_FRACTION = 0.06
 # ----------------------------------------------------------------------------------------
 # optimizer and schedule
 # ----------------------------------------------------------------------------------------
-class _GlueDecoupledAdamW(torch.optim.Optimizer):
-    """AdamW whose weight decay is decoupled from the learning rate, as in the paper:
-    ``w <- w * (1 - wd * lr_t / lr_0)`` then the Adam step ``w <- w - lr_t * m_hat / (sqrt(v_hat) + eps)``.
-    ``wd`` is an absolute decay per step, scaled only by the schedule ``lr_t / lr_0``.
-    Used when ``mosaic_bert.optim.DecoupledAdamW`` (the pretraining optimizer) is not available."""
+class DecoupledAdamW(torch.optim.Optimizer):
+    """AdamW with the paper's decoupled weight decay (Composer's ``DecoupledAdamW``): each step
+    ``w <- w * (1 - wd * lr_t / lr_0)``, then ``w <- w - lr_t * m_hat / (sqrt(v_hat) + eps)``.
+    ``wd`` is an absolute decay per step at peak lr, scaled only by the schedule ``lr_t / lr_0``.
+
+    Self-contained on purpose: ``mosaic_bert.optim.DecoupledAdamW`` subclasses ``torch.optim.AdamW``
+    and keeps its decay in the group key ``decoupled_weight_decay``, which torch's AdamW resets to
+    ``True`` in ``__setstate__`` (called by ``load_state_dict``, which accelerate/Trainer use), turning
+    the factor into ``1 - lr_t/lr_0`` (0 at peak: the weights are zeroed)."""
 
     def __init__(self, params, lr=1e-3, betas=BETAS, eps=EPS, weight_decay=0.0):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, initial_lr=lr))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        for g in self.param_groups:
+            g.setdefault("initial_lr", g["lr"])
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -77,7 +83,7 @@ class _GlueDecoupledAdamW(torch.optim.Optimizer):
                 state["step"] += 1
                 t = state["step"]
                 if wd != 0 and lr0 > 0:
-                    p.mul_(1 - wd * lr / lr0)
+                    p.mul_(1.0 - wd * lr / lr0)
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 m.lerp_(p.grad, 1 - b1)
                 v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
@@ -87,11 +93,8 @@ class _GlueDecoupledAdamW(torch.optim.Optimizer):
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """As in the paper's fine-tuning code, one group: every parameter is decayed."""
     params = [p for p in model.parameters() if p.requires_grad]
-    try:  # the project's pretraining optimizer, when present, so both use one implementation
-        from .optim import DecoupledAdamW  # type: ignore
-    except Exception:
-        DecoupledAdamW = _GlueDecoupledAdamW
     return DecoupledAdamW(params, lr=lr, betas=BETAS, eps=EPS, weight_decay=weight_decay)
 
 
@@ -193,6 +196,7 @@ def finetune(
     bf16: bool | None = None,
     max_length: int = MAX_SEQ_LENGTH,
     logging_steps: int = 50,
+    max_grad_norm: float = 0.0,
 ) -> dict:
     """Fine-tune one seed; returns {"epochs": [{"epoch", "metrics"}...], "train_time_s", ...}."""
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
@@ -226,7 +230,7 @@ def finetune(
         bf16=bf16,
         use_cpu=not cuda,
         dataloader_num_workers=0,
-        max_grad_norm=1.0,
+        max_grad_norm=max_grad_norm,  # 0: no clipping (the paper's Composer runs did not clip)
     )
 
     evals: list[dict] = []
@@ -299,11 +303,14 @@ def run_glue(
     bf16: bool | None = None,
     max_length: int = MAX_SEQ_LENGTH,
     keep_mnli_checkpoint: bool = True,
+    max_grad_norm: float = 0.0,
+    resume: bool = True,
 ) -> dict:
     """Fine-tune ``model`` on ``tasks`` and write ``results.json`` / ``results.md`` to ``output_dir``.
 
     ``seeds`` replaces every task's seed list, ``num_seeds`` truncates it, ``epochs`` overrides
-    every task's epoch count (each override is recorded in the results)."""
+    every task's epoch count (each override is recorded in the results). With ``resume``, tasks
+    already in ``output_dir/results.json`` for the same model are kept and not run again."""
     from transformers import AutoTokenizer
 
     names = resolve_tasks(tasks)
@@ -324,12 +331,27 @@ def run_glue(
                                             max_eval_samples=max_eval_samples).items() if v is not None},
         "tasks": {},
     }
+    old_path = os.path.join(output_dir, "results.json")
+    if resume and os.path.isfile(old_path):
+        with open(old_path) as fh:
+            old = json.load(fh)
+        if old.get("model") == model and old.get("overrides") == results["overrides"]:
+            results["tasks"].update(old.get("tasks", {}))
+            if results["tasks"]:
+                logger.info("resuming %s: keeping finished tasks %s", old_path, ", ".join(results["tasks"]))
+        else:
+            logger.warning("%s is from another model or settings; overwriting it", old_path)
     mnli_ckpt = mnli_checkpoint
+    if mnli_ckpt is None and os.path.isdir(os.path.join(output_dir, "mnli_checkpoint")) and "mnli" in results["tasks"]:
+        mnli_ckpt = os.path.join(output_dir, "mnli_checkpoint")
     if mnli_ckpt and not os.path.isdir(mnli_ckpt):
         raise FileNotFoundError(f"--mnli-checkpoint {mnli_ckpt} is not a folder")
 
     for name in names:
         task = TASKS[name]
+        if name in results["tasks"]:
+            logger.info("=== %s: already in %s, skipped", name, old_path)
+            continue
         task_seeds = list(seeds) if seeds else list(task.seeds)
         if num_seeds:
             task_seeds = task_seeds[:num_seeds]
@@ -358,7 +380,7 @@ def run_glue(
                 {k: _subset(v, max_eval_samples, 0) for k, v in evals.items()},
                 tok, os.path.join(output_dir, "trainer", f"{name}_seed{seed}"), seed,
                 epochs=epochs, fresh_classifier=start != model, save_model_to=save_to,
-                bf16=bf16, max_length=max_length,
+                bf16=bf16, max_length=max_length, max_grad_norm=max_grad_norm,
             )
             runs.append(run)
             shutil.rmtree(os.path.join(output_dir, "trainer", f"{name}_seed{seed}"), ignore_errors=True)

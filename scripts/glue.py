@@ -32,6 +32,9 @@ def main(argv=None):
                    help="MNLI-fine-tuned checkpoint that RTE/MRPC/STS-B start from (default: the one "
                         "this run makes when mnli is among --tasks)")
     p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--max-grad-norm", type=float, default=0.0, help="gradient clipping (default 0: none, as the paper)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="re-run tasks already in OUTPUT_DIR/results.json (default: keep them)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 on GPU")
     a = p.parse_args(argv)
 
@@ -48,6 +51,7 @@ def main(argv=None):
         num_seeds=num_seeds, epochs=a.epochs, max_train_samples=a.max_train_samples,
         max_eval_samples=a.max_eval_samples, mnli_checkpoint=a.mnli_checkpoint,
         bf16=False if a.no_bf16 else None, max_length=a.max_length,
+        max_grad_norm=a.max_grad_norm, resume=not a.no_resume,
     )
     g = res["glue"]
     print(f"GLUE ({'all 8' if g['complete'] else ', '.join(g['tasks'])}): {g['score']:.2f}  "

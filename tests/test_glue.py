@@ -258,3 +258,40 @@ def test_cli_help():
     script = os.path.join(os.path.dirname(__file__), "..", "scripts", "glue.py")
     r = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--max-train-samples" in r.stdout
+
+
+def test_optimizer_and_schedule():
+    from mosaic_bert.glue import make_optimizer, make_scheduler
+
+    lin = torch.nn.Linear(4, 3)
+    w0 = lin.weight.detach().clone()
+    opt = make_optimizer(lin, lr=1e-3, weight_decay=0.1)
+    assert opt.param_groups[0]["betas"] == (0.9, 0.98) and opt.param_groups[0]["eps"] == 1e-6
+    for p in lin.parameters():
+        p.grad = torch.zeros_like(p)  # Adam update 0: only the decoupled decay acts
+    opt.step()
+    assert torch.allclose(lin.weight, w0 * (1 - 0.1))  # wd * lr/lr0 = 0.1 at peak lr, not lr * wd
+    # a state_dict round trip (accelerate / Trainer do one) keeps the decay, not a zeroing factor
+    opt.load_state_dict(opt.state_dict())
+    w1 = lin.weight.detach().clone()
+    opt.step()
+    assert torch.allclose(lin.weight, w1 * (1 - 0.1))
+    # Adam part: with a constant gradient g the first step moves by lr * g/(|g| + eps) ~ lr
+    lin2 = torch.nn.Linear(2, 1, bias=False)
+    w0 = lin2.weight.detach().clone()
+    opt = make_optimizer(lin2, lr=1e-2, weight_decay=0.0)
+    lin2.weight.grad = torch.full_like(lin2.weight, 0.5)
+    opt.step()
+    assert torch.allclose(lin2.weight, w0 - 1e-2 * 0.5 / (0.5 + 1e-6))
+
+    opt = make_optimizer(lin, lr=1.0, weight_decay=0.0)
+    sched = make_scheduler(opt, total_steps=100)  # warmup = 6 steps
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[5] == pytest.approx(1.0) and lrs[0] == pytest.approx(1 / 6)
+    assert all(a <= b for a, b in zip(lrs[:6], lrs[1:6]))  # rising warmup
+    assert all(a >= b for a, b in zip(lrs[5:], lrs[6:]))  # then linear decay ...
+    assert lrs[-1] == pytest.approx(1 / 94) and opt.param_groups[0]["lr"] == 0.0  # ... to 0
