@@ -1,0 +1,290 @@
+"""Typed pretraining recipe: dataclasses, YAML loading and ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message names the problem and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    family: str = "mosaic"                 # "mosaic" (mosaic_bert.BertForMaskedLM) or "hf" (transformers.BertForMaskedLM)
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    vocab_size: Optional[int] = None       # None: the tokenizer's size rounded up to a multiple of 64
+    max_position_embeddings: int = 512
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.0
+    alibi_starting_size: int = 512
+    attention_backend: str = "auto"
+    extra: dict = field(default_factory=dict)  # passed through to the model config
+
+
+@dataclass
+class TokenizerConfig:
+    name_or_path: Optional[str] = None     # Hub name or local folder; None: train WordPiece on the train data
+    vocab_size: int = 8192                 # used only when training a vocab
+    training_docs: int = 200_000           # documents read to train a vocab
+
+
+@dataclass
+class DataConfig:
+    train_files: Union[str, list, None] = None  # paths / globs; None (and no hub_name): the embedded Python-docs corpus
+    valid_files: Union[str, list, None] = None  # None: a held-out split of the train documents
+    format: str = "auto"                   # auto | text | lines | wiki | json | parquet | csv
+    text_column: str = "text"
+    hub_name: Optional[str] = None         # e.g. "allenai/c4" (streamed)
+    hub_config: Optional[str] = None       # e.g. "en"
+    hub_train_split: str = "train"
+    hub_valid_split: str = "validation"
+    max_seq_len: int = 128
+    mode: str = "truncate"                 # truncate: one sample per document | chunk: split documents | pack: documents packed with ids
+    max_train_docs: Optional[int] = None   # cap the documents tokenized into the cache (required for streamed Hub data)
+    max_valid_docs: Optional[int] = 2000
+    valid_fraction: float = 0.02           # held-out share when valid_files is None
+    cache_dir: Optional[str] = None        # tokenized cache; default ~/.cache/mosaic_bert
+    num_workers: int = 0                   # DataLoader workers (masking and collation)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 17
+    global_batch_size: int = 4096
+    microbatch_size: int = 128
+    max_duration: Union[int, str] = "70000ba"   # int or "<n>ba" steps, "<n>sp" samples, "<n>tok" tokens
+    mlm_probability: float = 0.30
+    eval_mlm_probability: float = 0.15
+    lr: float = 5.0e-4
+    betas: tuple = (0.9, 0.98)
+    eps: float = 1.0e-6
+    weight_decay: float = 1.0e-5
+    no_decay_bias_and_norm: bool = True
+    warmup: Union[float, str] = 0.06       # fraction of the run, or "<n>ba"
+    alpha_f: float = 0.02                  # final lr = alpha_f * lr
+    grad_clip_norm: Optional[float] = 1.0
+    mixed_precision: str = "auto"          # auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16
+    eval_interval: int = 2000
+    eval_samples: int = 2048
+    log_interval: int = 50
+    checkpoint_interval: int = 3500
+    keep_checkpoints: int = 2
+    output_dir: str = "runs/mosaic-bert"
+    trackers: str = "auto"                 # auto (tensorboard when installed) | none | comma list
+    compile: bool = False
+    fill_mask_example: Optional[str] = None
+    crash_at_step: Optional[int] = None    # testing: SIGKILL the process after this optimizer step
+
+
+@dataclass
+class Recipe:
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # ------------------------------------------------------------------ helpers
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, keys=("model", "tokenizer", "data", "train")) -> dict:
+        """The fields that define a run (used to refuse resuming a run from another config)."""
+        d = self.to_dict()
+        t = dict(d["train"])
+        for k in ("eval_interval", "eval_samples", "log_interval", "checkpoint_interval", "keep_checkpoints",
+                  "output_dir", "trackers", "compile", "fill_mask_example", "crash_at_step"):
+            t.pop(k, None)
+        dd = dict(d["data"])
+        dd.pop("num_workers", None)
+        dd.pop("cache_dir", None)
+        return {"model": d["model"], "tokenizer": d["tokenizer"], "data": dd, "train": t}
+
+
+_SECTIONS = {"model": ModelConfig, "tokenizer": TokenizerConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _coerce(cls, key: str, value: Any, where: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if key not in fields:
+        raise RecipeError(f"Unknown recipe key '{where}.{key}'. Valid keys in '{where}': {', '.join(sorted(fields))}.")
+    default = fields[key].default
+    if default is dataclasses.MISSING and fields[key].default_factory is not dataclasses.MISSING:
+        default = fields[key].default_factory()
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            return value.lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, (int, float)):
+        return int(value) if float(value).is_integer() else value
+    if isinstance(default, float) and isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(default, tuple) and isinstance(value, (list, tuple)):
+        return tuple(value)
+    return value
+
+
+def recipe_from_dict(d: dict) -> Recipe:
+    r = Recipe()
+    for key, value in (d or {}).items():
+        if key == "name":
+            r.name = str(value)
+        elif key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise RecipeError(f"Recipe section '{key}' must be a mapping, got {type(value).__name__}.")
+            sec = getattr(r, key)
+            for k, v in value.items():
+                setattr(sec, k, _coerce(type(sec), k, v, key))
+        else:
+            raise RecipeError(f"Unknown recipe section '{key}'. Valid: name, {', '.join(_SECTIONS)}.")
+    return r
+
+
+def apply_overrides(d: dict, overrides: list[str]) -> dict:
+    import yaml
+    d = json.loads(json.dumps(d))  # deep copy
+    for ov in overrides:
+        if "=" not in ov:
+            raise RecipeError(f"Override '{ov}' is not of the form section.key=value (e.g. train.lr=1e-4).")
+        key, raw = ov.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+", value):
+            value = float(value)  # YAML 1.1 reads 1e-4 as a string
+        parts = key.strip().split(".")
+        if parts == ["name"]:
+            d["name"] = value
+            continue
+        if len(parts) != 2 or parts[0] not in _SECTIONS:
+            raise RecipeError(f"Override key '{key}' must be section.key with section in {list(_SECTIONS)}.")
+        d.setdefault(parts[0], {})[parts[1]] = value
+    return d
+
+
+def _fix_floats(obj):
+    if isinstance(obj, dict):
+        return {k: _fix_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_fix_floats(v) for v in obj]
+    if isinstance(obj, str) and re.fullmatch(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+", obj):
+        return float(obj)
+    return obj
+
+
+def load_recipe(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Recipe:
+    import yaml
+    d: dict = {}
+    if path:
+        p = Path(path)
+        if not p.exists():
+            bundled = Path(__file__).resolve().parent.parent / "yamls" / (p.name if p.suffix else p.name + ".yaml")
+            if bundled.exists():
+                p = bundled
+            else:
+                raise RecipeError(f"Recipe file '{path}' does not exist. Pass a YAML path, e.g. yamls/tiny-default.yaml.")
+        d = _fix_floats(yaml.safe_load(p.read_text()) or {})
+        d.setdefault("name", p.stem)
+    else:
+        d = default_recipe_dict()
+    d = apply_overrides(d, overrides or [])
+    r = recipe_from_dict(d)
+    validate(r)
+    return r
+
+
+def default_recipe_dict() -> dict:
+    """The embedded default (same as yamls/tiny-default.yaml): a small MosaicBERT on the Python docs, on CPU."""
+    return {
+        "name": "tiny-default",
+        "model": {"family": "mosaic", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+                  "intermediate_size": 1024, "max_position_embeddings": 128, "alibi_starting_size": 128,
+                  "hidden_dropout_prob": 0.0},
+        "tokenizer": {"name_or_path": None, "vocab_size": 4096},
+        "data": {"train_files": None, "max_seq_len": 128, "mode": "truncate", "valid_fraction": 0.04},
+        "train": {"global_batch_size": 32, "microbatch_size": 32, "max_duration": "400ba", "lr": 1.0e-3,
+                  "warmup": 0.06, "eval_interval": 100, "eval_samples": 512, "log_interval": 20,
+                  "checkpoint_interval": 200, "keep_checkpoints": 1, "output_dir": "runs/tiny-default",
+                  "fill_mask_example": "The [MASK] statement raises an exception."},
+    }
+
+
+def validate(r: Recipe) -> None:
+    if r.model.family not in ("mosaic", "hf"):
+        raise RecipeError(f"model.family must be 'mosaic' or 'hf', got '{r.model.family}'.")
+    if r.data.mode not in ("truncate", "chunk", "pack"):
+        raise RecipeError(f"data.mode must be truncate, chunk or pack, got '{r.data.mode}'.")
+    if r.data.mode == "pack" and r.model.family == "hf":
+        raise RecipeError("data.mode=pack puts document ids in attention_mask, which only MosaicBERT understands; "
+                          "use data.mode=truncate or chunk with model.family=hf.")
+    t = r.train
+    if t.microbatch_size <= 0 or t.global_batch_size <= 0:
+        raise RecipeError("train.global_batch_size and train.microbatch_size must be positive.")
+    for name in ("mlm_probability", "eval_mlm_probability"):
+        if not 0.0 < getattr(t, name) < 1.0:
+            raise RecipeError(f"train.{name} must be in (0, 1).")
+    parse_duration(t.max_duration)
+
+
+def check_batch(r: Recipe, num_processes: int) -> int:
+    """Gradient-accumulation steps for this world size; raises a clear error when it does not divide."""
+    g, mb = r.train.global_batch_size, r.train.microbatch_size
+    if g % (mb * num_processes) != 0:
+        per = mb * num_processes
+        ok = [m for m in range(1, mb + 1) if g % (m * num_processes) == 0]
+        fix = f"set train.microbatch_size={ok[-1]}, or " if ok else ""
+        raise RecipeError(
+            f"train.global_batch_size={g} is not divisible by microbatch_size x processes = {mb} x {num_processes} = {per}. "
+            f"Fix: {fix}use a global batch that is a multiple of {per}.")
+    return g // (mb * num_processes)
+
+
+def parse_duration(value) -> tuple[float, str]:
+    """Returns (amount, unit) with unit in {"ba", "sp", "tok"}."""
+    if isinstance(value, (int, float)):
+        return float(value), "ba"
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*(ba|steps?|sp|samples?|tok|tokens?)\s*", str(value))
+    if not m:
+        raise RecipeError(f"train.max_duration '{value}' not understood: use e.g. 70000ba (steps), 2e6sp (samples) or 1e9tok (tokens).")
+    u = m.group(2)
+    unit = "ba" if u in ("ba", "step", "steps") else ("sp" if u in ("sp", "sample", "samples") else "tok")
+    return float(m.group(1)), unit
+
+
+def duration_to_steps(value, global_batch: int, mean_tokens_per_sample: float) -> int:
+    amount, unit = parse_duration(value)
+    if unit == "ba":
+        steps = amount
+    elif unit == "sp":
+        steps = amount / global_batch
+    else:
+        steps = amount / (global_batch * max(mean_tokens_per_sample, 1e-9))
+    return max(1, int(math.ceil(steps - 1e-9)))
+
+
+def warmup_steps(value, total_steps: int) -> int:
+    if isinstance(value, str):
+        amount, unit = parse_duration(value) if not value.endswith("dur") else (float(value[:-3]), "dur")
+        if unit == "dur":
+            return int(round(amount * total_steps))
+        if unit != "ba":
+            raise RecipeError("train.warmup must be a fraction of the run (e.g. 0.06) or a number of steps ('500ba').")
+        return int(amount)
+    if value < 1:
+        return int(round(value * total_steps))
+    return int(value)
+
+
+def config_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

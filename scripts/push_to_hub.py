@@ -1,0 +1,35 @@
+#!/usr/bin/env python
+"""Upload a pretrained folder (weights, config with auto_map, remote code, tokenizer, model card) to the Hub.
+
+  python scripts/push_to_hub.py runs/tiny-default my-user/mosaic-bert-pydocs --private
+  python scripts/push_to_hub.py runs/tiny-default my-user/x --local-target /tmp/export   # offline: copy instead
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from mosaic_bert.hub import push_folder  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder", help="output_dir of a finished pretraining run")
+    ap.add_argument("repo_id", nargs="?", help="Hub repo id, e.g. user/mosaic-bert-mydomain")
+    ap.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    ap.add_argument("--private", action="store_true")
+    ap.add_argument("--local-target", default=None, help="copy the publishable files to this folder instead of uploading")
+    ap.add_argument("--message", default="Upload MosaicBERT")
+    a = ap.parse_args(argv)
+    try:
+        where = push_folder(a.folder, a.repo_id, a.revision, a.private, a.local_target, a.message)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"uploaded {a.folder} -> {where}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Data: readers (wiki blocks, lines, .xz, jsonl), clear errors, the tokenized cache, packing, deterministic order."""
+
+import json
+import lzma
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mosaic_bert.data import (DataError, TokenizedSplit, TrainMicrobatches, build_or_load_cache, global_rows,
+                              iter_documents_from_files, resolve_files, train_wordpiece)
+from mosaic_bert.masking import MLMMasker
+from mosaic_bert.recipe import DataConfig
+
+SMALL = Path(__file__).parent / "fixtures" / "pretrain" / "pydocs_small.txt"
+
+
+@pytest.fixture(scope="module")
+def docs():
+    return [line.strip() for line in SMALL.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory, docs):
+    return train_wordpiece(docs, 600, tmp_path_factory.mktemp("tok") / "wp", log=lambda *a: None)
+
+
+def test_wiki_blocks_xz_and_lines(tmp_path, docs):
+    # Wikipedia dump layout: title line, one paragraph per line, blank line between articles
+    text = "Title One\npara a one.\npara a two.\n\nTitle Two\npara b.\n\n\nTitle Three\npara c.\n"
+    p = tmp_path / "wiki.txt.xz"
+    with lzma.open(p, "wt") as f:
+        f.write(text)
+    out = list(iter_documents_from_files([str(p)], "auto", "text"))
+    assert out == ["Title One para a one. para a two.", "Title Two para b.", "Title Three para c."]
+    lines = list(iter_documents_from_files([str(SMALL)], "auto", "text"))  # no blank lines: one document per line
+    assert lines == docs
+    assert list(iter_documents_from_files([str(p)], "lines", "text"))[:2] == ["Title One", "para a one."]
+
+
+def test_jsonl_through_datasets(tmp_path, docs):
+    p = tmp_path / "d.jsonl"
+    p.write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs[:20])))
+    assert list(iter_documents_from_files([str(p)], "auto", "text")) == docs[:20]
+    with pytest.raises(DataError, match="no column 'body'"):
+        list(iter_documents_from_files([str(p)], "auto", "body"))
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(DataError, match="matches no file"):
+        resolve_files(str(tmp_path / "nope.txt"))
+    with pytest.raises(DataError, match="matches no file"):
+        resolve_files(str(tmp_path / "*.jsonl"))
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        resolve_files(str(tmp_path / "empty.txt"))
+    (tmp_path / "a.txt").write_text("x y z\n")
+    (tmp_path / "b.txt").write_text("x y z\n")
+    assert resolve_files(str(tmp_path / "[ab].txt")) == [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]
+
+
+def test_cache_truncate_and_reuse(tmp_path, tokenizer):
+    cfg = DataConfig(train_files=str(SMALL), cache_dir=str(tmp_path), max_seq_len=32, valid_fraction=0.1)
+    folder, meta = build_or_load_cache(cfg, tokenizer, log=lambda *a: None)
+    tr, va = TokenizedSplit(folder, "train"), TokenizedSplit(folder, "valid")
+    assert len(tr) + len(va) == 400 and len(va) > 10             # one sample per document, hash held-out split
+    assert tr.ids.shape[1] == 32 and (tr.ids[:, 0] == tokenizer.cls_token_id).all()
+    assert (tr.lengths <= 32).all() and (tr.lengths == 32).any()  # truncated
+    last = tr.ids[np.arange(len(tr)), tr.lengths - 1]
+    assert (last == tokenizer.sep_token_id).all()
+    folder2, _ = build_or_load_cache(cfg, tokenizer, log=lambda *a: pytest.fail("re-tokenized"))
+    assert folder2 == folder
+    cfg.max_seq_len = 64                                          # a different key -> another cache
+    folder3, _ = build_or_load_cache(cfg, tokenizer, log=lambda *a: None)
+    assert folder3 != folder
+
+
+def test_cache_pack_document_ids(tmp_path, tokenizer):
+    cfg = DataConfig(train_files=str(SMALL), cache_dir=str(tmp_path), max_seq_len=64, mode="pack", valid_fraction=0.1)
+    folder, meta = build_or_load_cache(cfg, tokenizer, log=lambda *a: None)
+    tr = TokenizedSplit(folder, "train")
+    assert (np.asarray(tr.docs).max(1) > 1).mean() > 0.1         # many rows hold several documents
+    for r in range(20):
+        ids, docs, n = tr.ids[r], tr.docs[r], tr.lengths[r]
+        assert (docs[:n] > 0).all() and (docs[n:] == 0).all()
+        assert (np.diff(docs[:n].astype(int)) >= 0).all() and docs[0] == 1
+        starts = np.flatnonzero(np.diff(np.concatenate([[0], docs[:n].astype(int)])) != 0)
+        assert (ids[starts] == tokenizer.cls_token_id).all()       # every document starts with [CLS]
+
+
+def test_order_is_a_pure_function_of_seed_and_splits_like_one_process(tmp_path, tokenizer):
+    n = 50
+    g = np.arange(3 * n)
+    rows = global_rows(5, n, g)
+    for e in range(3):
+        assert sorted(rows[e * n:(e + 1) * n]) == list(range(n))   # each epoch is a permutation
+    assert (rows[:n] != rows[n:2 * n]).any()                       # reshuffled per epoch
+    np.testing.assert_array_equal(global_rows(5, n, g[37:90]), rows[37:90])  # skip by position
+
+    cfg = DataConfig(train_files=str(SMALL), cache_dir=str(tmp_path), max_seq_len=32)
+    folder, _ = build_or_load_cache(cfg, tokenizer, log=lambda *a: None)
+    split = TokenizedSplit(folder, "train")
+    masker = MLMMasker.from_tokenizer(tokenizer, 0.3, 0)
+    one = TrainMicrobatches(split, masker, 3, 0, 4, 16, 8, 2, 1, 0, trim=False)
+    two = [TrainMicrobatches(split, masker, 3, 0, 4, 16, 8, 1, 2, r, trim=False) for r in range(2)]
+    for step in range(4):
+        for a in range(2):   # 1 process, accumulation a  ==  process a of 2, no accumulation
+            b1, b2 = one[step * 2 + a], two[a][step]
+            for k in ("input_ids", "labels", "attention_mask"):
+                assert (b1[k] == b2[k]).all()
+    resumed = TrainMicrobatches(split, masker, 3, 2, 4, 16, 8, 2, 1, 0, trim=False)
+    assert (resumed[0]["input_ids"] == one[4]["input_ids"]).all()   # resume at step 2 = straight run's step 2
