@@ -1,0 +1,125 @@
+"""End-to-end pretraining on CPU: kill -9 + resume is exact, 2 processes == 1, the folder loads as remote code,
+clear errors. Tiny model, tiny data (tests/fixtures/pretrain), ~1-2 minutes on 2 cores."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ROOT / "tests" / "fixtures" / "pretrain" / "pydocs_small.txt"
+SCRIPT = ROOT / "scripts" / "pretrain.py"
+
+
+def tiny_args(out, cache, **extra):
+    args = {
+        "model.hidden_size": 32, "model.num_hidden_layers": 2, "model.num_attention_heads": 2,
+        "model.intermediate_size": 64, "model.max_position_embeddings": 64, "model.alibi_starting_size": 64,
+        "tokenizer.vocab_size": 512, "data.train_files": str(SMALL), "data.max_seq_len": 48, "data.cache_dir": str(cache),
+        "data.valid_fraction": 0.1, "train.global_batch_size": 8, "train.microbatch_size": 4, "train.max_duration": "12ba",
+        "train.lr": 2e-3, "train.log_interval": 1, "train.eval_interval": 6, "train.eval_samples": 32,
+        "train.checkpoint_interval": 4, "train.keep_checkpoints": 3, "train.output_dir": str(out), "train.trackers": "none",
+        "train.fill_mask_example": None, "model.hidden_dropout_prob": 0.1,
+    }
+    args.update(extra)
+    return [f"{k}={'null' if v is None else v}" for k, v in args.items()]
+
+
+def run(args, launcher=None, check=True, resume=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = (launcher or [sys.executable]) + [str(SCRIPT)] + args + (["--resume"] + ([resume] if resume != "latest" else []) if resume else [])
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\nSTDOUT\n{p.stdout[-3000:]}\nSTDERR\n{p.stderr[-5000:]}")
+    return p
+
+
+def losses(out):
+    recs = [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in recs if "loss" in r], [(r["step"], r["eval_loss"]) for r in recs if "eval_loss" in r]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pre")
+    out = base / "straight"
+    run(tiny_args(out, base / "cache"))
+    return base, out
+
+
+def test_straight_run_output_folder(straight):
+    base, out = straight
+    tr, ev = losses(out)
+    assert [s for s, _ in tr] == list(range(1, 13)) and [s for s, _ in ev] == [0, 6, 12]
+    for f in ("config.json", "model.safetensors", "tokenizer_config.json", "README.md", "loss_curve.png",
+              "configuration_bert.py", "modeling_bert.py", "bert_padding.py", "flash_attn_triton.py"):
+        assert (out / f).exists(), f
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["vocab_size"] % 64 == 0 and "AutoModelForMaskedLM" in cfg["auto_map"]
+    assert "Training recipe" in (out / "README.md").read_text()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000004", "step_0000008", "step_0000012"]
+
+
+def test_kill_9_and_resume_is_exact(straight):
+    base, out = straight
+    out2 = base / "killed"
+    p = run(tiny_args(out2, base / "cache", **{"train.crash_at_step": 7}), check=False)
+    assert p.returncode == -9, p.stderr[-2000:]               # SIGKILL mid-run, after the step-4 checkpoint
+    assert [c.name for c in (out2 / "checkpoints").iterdir() if c.name.startswith("step_")] == ["step_0000004"]
+    run(tiny_args(out2, base / "cache"), resume="latest")
+    (tr1, ev1), (tr2, ev2) = losses(out), losses(out2)
+    assert [s for s, _ in tr2] == list(range(1, 13))
+    for (s1, a), (s2, b) in zip(tr1 + ev1, tr2 + ev2):
+        assert s1 == s2 and a == pytest.approx(b, rel=1e-6, abs=1e-6), (s1, a, b)
+
+
+def test_two_processes_match_one(straight):
+    base, out = straight
+    out3 = base / "ddp"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]
+    run(tiny_args(out3, base / "cache"), launcher=launcher)
+    (tr1, ev1), (tr2, ev2) = losses(out), losses(out3)
+    assert len(tr2) == 12 and len(ev2) == 3
+    for (s1, a), (s2, b) in zip(tr1 + ev1, tr2 + ev2):
+        assert s1 == s2 and a == pytest.approx(b, rel=2e-4, abs=2e-4), (s1, a, b)
+
+
+def test_loads_as_remote_code_without_the_package(straight, tmp_path):
+    base, out = straight
+    child = f"""
+import sys
+sys.modules["mosaic_bert"] = None          # the pip-installed (editable) package must not be importable
+import torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+m = AutoModelForMaskedLM.from_pretrained({str(out)!r}, trust_remote_code=True).eval()
+assert not type(m).__module__.startswith("mosaic_bert"), type(m).__module__
+tok = AutoTokenizer.from_pretrained({str(out)!r})
+enc = tok(["the [MASK] statement raises an exception."], return_tensors="pt")
+with torch.no_grad():
+    out = m(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+print("OK", type(m).__module__, tuple(out.logits.shape))
+"""
+    p = subprocess.run([sys.executable, "-c", child], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 0 and "OK" in p.stdout, p.stderr[-3000:]
+
+
+def test_resume_from_other_config_is_refused(straight):
+    base, out = straight
+    p = run(tiny_args(out, base / "cache", **{"train.lr": 1e-3}), resume="latest", check=False)
+    assert p.returncode == 2 and "different config" in p.stderr and "train.lr" in p.stderr, p.stderr[-2000:]
+
+
+@pytest.mark.parametrize("extra,needle", [
+    ({"train.global_batch_size": 10}, "not divisible by microbatch_size x processes"),
+    ({"model.vocab_size": 256}, "The tokenizer has 512 tokens but model.vocab_size=256"),
+    ({"data.train_files": "/nonexistent/corpus-*.txt"}, "matches no file"),
+])
+def test_clear_errors(straight, extra, needle, tmp_path):
+    base, _ = straight
+    p = run(tiny_args(tmp_path / "o", base / "cache", **extra), check=False)
+    assert p.returncode == 2 and needle in p.stderr, p.stderr[-2000:]
