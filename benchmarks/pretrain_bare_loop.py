@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Bare training loop for comparison with scripts/pretrain.py: same model config, optimizer, precision, microbatch
+and accumulation, but random token ids already on the GPU (no data loader, no Accelerate, no masking, no logging).
+Attention masks follow the real run's row-length distribution so both loops do the same model work.
+
+  python benchmarks/pretrain_bare_loop.py --run RUN_DIR --lengths CACHE/train_lengths.npy --steps 300 \
+      --microbatch 256 --accum 4 --out bare.json
+Also summarises the real run (steady-state windows of RUN_DIR/metrics.jsonl) and writes the comparison.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from mosaic_bert import BertConfig, BertForMaskedLM  # noqa: E402
+from mosaic_bert.optim import build_optimizer  # noqa: E402
+from mosaic_bert.pretrain import model_flop_params, peak_flops, step_flops  # noqa: E402
+
+
+def steady_state(metrics_path, skip_windows=3):
+    recs = [json.loads(line) for line in open(metrics_path) if line.strip()]
+    tr = [r for r in recs if "tokens_per_s" in r]
+    tr = tr[skip_windows:] if len(tr) > skip_windows + 2 else tr
+    ev = [r for r in recs if "eval_loss" in r]
+    med = lambda k: float(np.median([r[k] for r in tr])) if tr and k in tr[0] else None
+    return {"windows": len(tr), "tokens_per_s": med("tokens_per_s"), "samples_per_s": med("samples_per_s"),
+            "tflops_per_s": med("tflops_per_s"), "mfu": med("mfu"), "first_eval": ev[0] if ev else None,
+            "last_eval": ev[-1] if ev else None, "final_train_loss": tr[-1]["loss"] if tr else None}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", required=True, help="output_dir of the real run (config.json, metrics.jsonl)")
+    ap.add_argument("--lengths", required=True, help="train_lengths.npy of the run's tokenized cache")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--warmup-steps", type=int, default=10)
+    ap.add_argument("--microbatch", type=int, default=256)
+    ap.add_argument("--accum", type=int, default=4)
+    ap.add_argument("--mlm", type=float, default=0.3)
+    ap.add_argument("--clip", type=float, default=1.0)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--device", default="cuda")
+    a = ap.parse_args()
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    cfg = BertConfig.from_pretrained(a.run)
+    model = BertForMaskedLM(cfg).to(dev).train()
+    opt = build_optimizer(model, 5e-4, (0.9, 0.98), 1e-6, 1e-5)
+    lengths = np.load(a.lengths)
+    seq = int(lengths.max())
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(8):
+        lens = torch.from_numpy(rng.choice(lengths, a.microbatch)).to(dev)
+        width = int(lens.max())
+        am = (torch.arange(width, device=dev)[None, :] < lens[:, None]).long()
+        ids = torch.randint(5, cfg.vocab_size, (a.microbatch, width), device=dev) * am
+        sel = (torch.rand(a.microbatch, width, device=dev) < a.mlm) & am.bool()
+        labels = torch.where(sel, ids, torch.full_like(ids, -100))
+        lens_c = lens.long().cpu()
+        batches.append((ids, am, labels, int(am.sum()), int((lens_c * lens_c).sum()), int(sel.sum())))
+    n_params, hidden, vocab = model_flop_params(model)
+
+    def step(i):
+        for j in range(a.accum):
+            ids, am, labels, *_ = batches[(i * a.accum + j) % len(batches)]
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                out = model(input_ids=ids, attention_mask=am, labels=labels)
+            (out.loss / a.accum).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return out.loss
+
+    for i in range(a.warmup_steps):
+        step(i)
+    sync()
+    t0 = time.perf_counter()
+    tokens = flops = samples = 0
+    for i in range(a.steps):
+        loss = step(i)
+        for j in range(a.accum):
+            b = batches[(i * a.accum + j) % len(batches)]
+            tokens += b[3]
+            samples += a.microbatch
+            flops += step_flops(n_params, hidden, vocab, cfg.num_hidden_layers, b[3], b[4], b[5])
+    loss.item()
+    sync()
+    dt = time.perf_counter() - t0
+    peak = peak_flops(dev)
+    bare = {"steps": a.steps, "seconds": dt, "tokens_per_s": tokens / dt, "samples_per_s": samples / dt,
+            "tflops_per_s": flops / dt / 1e12, "mfu": (flops / dt / peak) if peak else None,
+            "max_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None, "microbatch": a.microbatch, "accum": a.accum,
+            "attention_backend": getattr(cfg, "attention_backend", None)}
+    real = steady_state(os.path.join(a.run, "metrics.jsonl"))
+    res = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__, "bare_loop": bare,
+           "pretrain_script": real,
+           "data_path_overhead": (1 - real["samples_per_s"] / bare["samples_per_s"]) if real["samples_per_s"] else None}
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=1)
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
