@@ -110,3 +110,39 @@ def test_order_is_a_pure_function_of_seed_and_splits_like_one_process(tmp_path, 
                 assert (b1[k] == b2[k]).all()
     resumed = TrainMicrobatches(split, masker, 3, 2, 4, 16, 8, 2, 1, 0, trim=False)
     assert (resumed[0]["input_ids"] == one[4]["input_ids"]).all()   # resume at step 2 = straight run's step 2
+
+
+def test_hub_streaming_path_on_local_files(tmp_path, tokenizer, docs, monkeypatch):
+    """The Hub branch (datasets.load_dataset(name, config, split=..., streaming=True)) on a local stand-in."""
+    import datasets
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:120]))
+    (tmp_path / "validation.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[120:140]))
+    calls = []
+    real = datasets.load_dataset
+
+    def fake(name, config=None, split=None, streaming=False, **kw):
+        if name == "json":
+            return real(name, config, split=split, streaming=streaming, **kw)
+        calls.append((name, config, split, streaming))
+        return real("json", data_files=str(tmp_path / f"{split}.jsonl"), split="train", streaming=True)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    cfg = DataConfig(hub_name="allenai/c4", hub_config="en", cache_dir=str(tmp_path / "c"), max_seq_len=32)
+    with pytest.raises(DataError, match="set data.max_train_docs"):
+        build_or_load_cache(cfg, tokenizer, log=lambda *a: None)
+    cfg.max_train_docs, cfg.max_valid_docs = 100, 15
+    folder, meta = build_or_load_cache(cfg, tokenizer, log=lambda *a: None)
+    assert calls == [("allenai/c4", "en", "train", True), ("allenai/c4", "en", "validation", True)]
+    assert meta["train"]["documents"] == 100 and meta["valid"]["documents"] == 15
+
+
+def test_train_tokenizer_cli(tmp_path):
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, str(root / "scripts" / "train_tokenizer.py"), str(SMALL), "--vocab-size", "300",
+                        "--out", str(tmp_path / "wp")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "wp"))
+    assert len(tok) == 300 and tok.mask_token == "[MASK]" and tok.tokenize("Hello World") == tok.tokenize("hello world")
