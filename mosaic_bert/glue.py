@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .optim import build_optimizer, build_scheduler
 from .glue_tasks import (
     MAX_SEQ_LENGTH,
     TASKS,
@@ -48,66 +49,16 @@ WARMUP_FRACTION = 0.06
 # ----------------------------------------------------------------------------------------
 # optimizer and schedule
 # ----------------------------------------------------------------------------------------
-class DecoupledAdamW(torch.optim.Optimizer):
-    """AdamW with the paper's decoupled weight decay (Composer's ``DecoupledAdamW``): each step
-    ``w <- w * (1 - wd * lr_t / lr_0)``, then ``w <- w - lr_t * m_hat / (sqrt(v_hat) + eps)``.
-    ``wd`` is an absolute decay per step at peak lr, scaled only by the schedule ``lr_t / lr_0``.
-
-    Self-contained on purpose: ``mosaic_bert.optim.DecoupledAdamW`` subclasses ``torch.optim.AdamW``
-    and keeps its decay in the group key ``decoupled_weight_decay``, which torch's AdamW resets to
-    ``True`` in ``__setstate__`` (called by ``load_state_dict``, which accelerate/Trainer use), turning
-    the factor into ``1 - lr_t/lr_0`` (0 at peak: the weights are zeroed)."""
-
-    def __init__(self, params, lr=1e-3, betas=BETAS, eps=EPS, weight_decay=0.0):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
-        for g in self.param_groups:
-            g.setdefault("initial_lr", g["lr"])
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            lr0 = group["initial_lr"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                t = state["step"]
-                if wd != 0 and lr0 > 0:
-                    p.mul_(1.0 - wd * lr / lr0)
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(p.grad, 1 - b1)
-                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                denom = (v / (1 - b2**t)).sqrt_().add_(eps)
-                p.addcdiv_(m, denom, value=-lr / (1 - b1**t))
-        return loss
-
-
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """As in the paper's fine-tuning code, one group: every parameter is decayed."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return DecoupledAdamW(params, lr=lr, betas=BETAS, eps=EPS, weight_decay=weight_decay)
+    """The pretraining optimizer (decoupled AdamW, betas (0.9, 0.98), eps 1e-6); as in the paper's fine-tuning
+    code, one group: every parameter is decayed."""
+    return build_optimizer(model, lr, BETAS, EPS, weight_decay, no_decay_bias_and_norm=False)
 
 
 def make_scheduler(optimizer, total_steps: int, warmup_fraction: float = WARMUP_FRACTION):
     """Linear warmup over ``warmup_fraction`` of the steps, then linear decay to 0."""
     warmup = max(1, int(round(warmup_fraction * total_steps)))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return build_scheduler(optimizer, warmup, total_steps, alpha_f=0.0)
 
 
 # ----------------------------------------------------------------------------------------
