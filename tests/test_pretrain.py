@@ -123,3 +123,15 @@ def test_clear_errors(straight, extra, needle, tmp_path):
     base, _ = straight
     p = run(tiny_args(tmp_path / "o", base / "cache", **extra), check=False)
     assert p.returncode == 2 and needle in p.stderr, p.stderr[-2000:]
+
+
+@pytest.mark.parametrize("extra", [{"model.family": "hf"}, {"data.mode": "pack"}])
+def test_hf_baseline_and_packed_rows(straight, extra, tmp_path):
+    """The HF BertForMaskedLM baseline from the same script, and MosaicBERT on packed rows (document ids in attention_mask)."""
+    base, _ = straight
+    out = tmp_path / "o"
+    run(tiny_args(out, base / "cache", **{"train.max_duration": "6ba", "train.eval_interval": 6, **extra}))
+    tr, ev = losses(out)
+    assert len(tr) == 6 and ev[-1][1] < ev[0][1]
+    cfg = json.loads((out / "config.json").read_text())
+    assert ("auto_map" in cfg) == (extra.get("model.family") != "hf")
