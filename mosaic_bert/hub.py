@@ -51,7 +51,7 @@ def write_model_card(out_dir, recipe, summary: dict, records: list[dict]) -> Pat
         f"| hidden | layers | heads | intermediate | vocab | parameters |",
         f"|---|---|---|---|---|---|",
         f"| {m['hidden_size']} | {m['num_hidden_layers']} | {m['num_attention_heads']} | {m['intermediate_size']} | "
-        f"{summary.get('vocab_size', '')}{'' if summary.get('vocab_size') else 'see config.json'} | {summary.get('params', 0) / 1e6:.1f}M |",
+        f"{summary.get('vocab_size') or 'see config.json'} | {summary.get('params', 0) / 1e6:.1f}M |",
         "",
         "## Data",
         "",
@@ -67,7 +67,8 @@ def write_model_card(out_dir, recipe, summary: dict, records: list[dict]) -> Pat
         f"- MLM masking {t['mlm_probability']:.0%} (80% [MASK], 10% random, 10% unchanged); evaluation at {t['eval_mlm_probability']:.0%}",
         f"- Decoupled AdamW: lr {t['lr']}, betas {tuple(t['betas'])}, eps {t['eps']}, weight decay {t['weight_decay']} "
         f"(decoupled, {'not on biases/LayerNorm' if t['no_decay_bias_and_norm'] else 'all parameters'})",
-        f"- Linear warmup {t['warmup']} then linear decay to {t['alpha_f']}x; grad-norm clip {t['grad_clip_norm']}; precision {t['mixed_precision']}",
+        f"- Linear warmup {t['warmup']} then linear decay to {t['alpha_f']}x; grad-norm clip {t['grad_clip_norm']}; precision {summary.get('precision', t['mixed_precision'])}"
+        f"{', ' + str(summary['num_processes']) + ' processes' if summary.get('num_processes', 1) > 1 else ''}",
         f"- Seed {t['seed']}; last-window throughput {tps} tokens/s",
         "",
         "## Results (held-out split)",

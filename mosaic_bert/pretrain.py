@@ -475,7 +475,7 @@ def run(recipe: Recipe, resume=None, log=print) -> dict:
     # ---- export the HF folder
     accelerator.wait_for_everyone()
     summary = {"steps": last_step, "total_steps": total_steps, "first_eval": first_eval, "last_eval": last_eval,
-               "params": n_params, "train_time_s": train_time, "wall_time_s": time.time() - t_start,
+               "params": n_params, "vocab_size": vocab, "precision": mp, "num_processes": P, "train_time_s": train_time, "wall_time_s": time.time() - t_start,
                "tokens_seen": tokens_seen, "samples_seen": samples_seen, "data": meta, "output_dir": str(out_dir)}
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)

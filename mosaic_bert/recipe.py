@@ -216,7 +216,7 @@ def default_recipe_dict() -> dict:
         "train": {"global_batch_size": 32, "microbatch_size": 32, "max_duration": "400ba", "lr": 1.0e-3,
                   "warmup": 0.06, "eval_interval": 100, "eval_samples": 512, "log_interval": 20,
                   "checkpoint_interval": 200, "keep_checkpoints": 1, "output_dir": "runs/tiny-default",
-                  "fill_mask_example": "The [MASK] statement raises an exception."},
+                  "fill_mask_example": "Return true if the [MASK] is a directory."},
     }
 
 

@@ -135,3 +135,16 @@ def test_hf_baseline_and_packed_rows(straight, extra, tmp_path):
     assert len(tr) == 6 and ev[-1][1] < ev[0][1]
     cfg = json.loads((out / "config.json").read_text())
     assert ("auto_map" in cfg) == (extra.get("model.family") != "hf")
+
+
+def test_flop_count_and_peak_table():
+    import torch
+    from mosaic_bert.pretrain import PEAK_FLOPS_BF16, batch_stats, round_vocab, step_flops
+    am = torch.tensor([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 0, 0]])       # packed row: docs of 3 and 2; plain row of 4
+    labels = torch.full((2, 6), -100)
+    labels[0, 1] = labels[1, 2] = 7
+    tokens, attn_sq, head = batch_stats({"attention_mask": am, "labels": labels}, "mosaic")
+    assert (tokens, attn_sq, head) == (9, 9 + 4 + 16, 2)
+    assert batch_stats({"attention_mask": (am > 0).long(), "labels": labels}, "hf") == (9, 2 * 36, 12)
+    assert step_flops(100, 8, 50, 2, tokens=10, attn_sq=20, head_tokens=3) == 6 * 100 * 10 + 12 * 2 * 8 * 20 + 6 * 8 * 50 * 3
+    assert PEAK_FLOPS_BF16["H100"] == 989e12 and round_vocab(30522) == 30528 and round_vocab(4096) == 4096
