@@ -458,9 +458,21 @@ def train_wordpiece(docs: Iterable[str], vocab_size: int, out_dir: str | os.Path
     tok.decoder = decoders.WordPiece(prefix="##")
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
                                         continuing_subword_prefix="##")
-    tok.train_from_iterator(docs, trainer=trainer)
-    vocab = tok.get_vocab()
-    tokenizer = BertTokenizer(vocab=dict(sorted(vocab.items(), key=lambda kv: kv[1])), do_lower_case=lowercase)
+    # Less run-to-run variation: count single-threaded and order the ids canonically (specials, single characters,
+    # then the rest alphabetically). tokenizers still breaks some count ties differently between runs (a token or
+    # two of a 4k vocab), so a trained vocabulary is cached and reused; pass tokenizer.name_or_path to pin one.
+    old = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        tok.train_from_iterator(docs, trainer=trainer)
+    finally:
+        if old is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old
+    rest = sorted((t for t in tok.get_vocab() if t not in specials), key=lambda t: (len(t.replace("##", "", 1)) > 1, t))
+    vocab = {t: i for i, t in enumerate(specials + rest)}
+    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=lowercase)
     out = Path(out_dir)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -375,13 +375,19 @@ def run(recipe: Recipe, resume=None, log=print) -> dict:
                                          prefetch_factor=4 if dcfg.num_workers > 0 else None,
                                          persistent_workers=False)
 
+    live = {"pbar": None}
+
     def do_eval(step):
         r = evaluate(accelerator, fwd_model, valid_split, eval_masker, tcfg.eval_samples, tcfg.microbatch_size)
         rec = {"step": step, **r}
         metrics.log(rec)
         accelerator.log({"eval/loss": r["eval_loss"], "eval/accuracy": r["eval_accuracy"]}, step=step)
-        say(f"[eval] step {step}: held-out MLM loss {r['eval_loss']:.4f}, masked accuracy {r['eval_accuracy']:.4f} "
-            f"({r['eval_masked_tokens']} masked tokens)")
+        msg = (f"[eval] step {step}: held-out MLM loss {r['eval_loss']:.4f}, masked accuracy {r['eval_accuracy']:.4f} "
+               f"({r['eval_masked_tokens']} masked tokens)")
+        if live["pbar"] is not None and accelerator.is_main_process:
+            live["pbar"].write(msg)
+        else:
+            say(msg)
         return rec
 
     first_eval = None
@@ -394,6 +400,7 @@ def run(recipe: Recipe, resume=None, log=print) -> dict:
     from tqdm.auto import tqdm
     pbar = tqdm(total=total_steps, initial=start_step, disable=not accelerator.is_main_process, desc="pretrain",
                 dynamic_ncols=True, mininterval=2.0)
+    live["pbar"] = pbar
     it = iter(loader)
     model.train()
     win_loss = torch.zeros((), device=accelerator.device, dtype=torch.float64)
