@@ -20,6 +20,8 @@ class BertConfig(_HFBertConfig):
             "flash_attn" (the flash-attn 2 package, if installed), "sdpa" or "eager" (plain matmul-softmax).
         low_precision_layernorm (bool): under bf16/fp16 autocast, run LayerNorm in that precision instead of
             autocast's fp32 (faster, as in the paper).
+        fused_geglu (bool): on CUDA, fuse the GeGLU's GELU, product and dropout into one kernel with torch.compile
+            (falls back to eager PyTorch where compiling fails).
 
     Defaults are mosaic-bert-base's: vocab 30528 (30522 rounded up to a multiple of 64), no attention dropout.
     `max_position_embeddings` is kept for compatibility only; MosaicBERT has no position embeddings.
@@ -32,6 +34,7 @@ class BertConfig(_HFBertConfig):
         alibi_starting_size: int = 512,
         attention_backend: str = "auto",
         low_precision_layernorm: bool = True,
+        fused_geglu: bool = True,
         **kwargs,
     ):
         if attention_backend not in ATTENTION_BACKENDS:
@@ -42,6 +45,7 @@ class BertConfig(_HFBertConfig):
         self.alibi_starting_size = int(alibi_starting_size)
         self.attention_backend = attention_backend
         self.low_precision_layernorm = bool(low_precision_layernorm)
+        self.fused_geglu = bool(fused_geglu)
         super().__init__(
             vocab_size=vocab_size, attention_probs_dropout_prob=attention_probs_dropout_prob, **kwargs
         )

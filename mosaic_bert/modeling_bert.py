@@ -261,6 +261,29 @@ class BertUnpadAttention(nn.Module):
         return self.output(context, hidden_states)
 
 
+def _gelu_gate(gated: torch.Tensor, non_gated: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    return F.dropout(F.gelu(gated) * non_gated, p, training)  # exact GELU
+
+
+_compiled_gelu_gate = None  # None: not tried yet; False: unavailable here
+
+
+def gelu_gate(gated, non_gated, p: float, training: bool, fused: bool) -> torch.Tensor:
+    """dropout(GELU(gated) * non_gated). Eager PyTorch makes three passes over (total_nnz, intermediate) tensors
+    (plus their backward); with `fused` on CUDA, torch.compile makes it one kernel each way. Falls back to eager,
+    with a one-time warning, where compiling fails."""
+    global _compiled_gelu_gate
+    if fused and gated.is_cuda and _compiled_gelu_gate is not False:
+        try:
+            if _compiled_gelu_gate is None:
+                _compiled_gelu_gate = torch.compile(_gelu_gate, dynamic=True)
+            return _compiled_gelu_gate(gated, non_gated, p, training)
+        except Exception as err:  # no compiler toolchain, unsupported platform, ...
+            logger.warning_once(f"fused GeGLU unavailable ({type(err).__name__}: {err}); using eager PyTorch.")
+            _compiled_gelu_gate = False
+    return _gelu_gate(gated, non_gated, p, training)
+
+
 class BertGatedLinearUnitMLP(nn.Module):
     """GeGLU feed-forward: one (hidden -> 2 x intermediate) matmul, exact GELU on the first half times the second
     half, dropout, `wo`, residual, post-LN."""
@@ -268,8 +291,8 @@ class BertGatedLinearUnitMLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.intermediate_size = config.intermediate_size
+        self.fused = getattr(config, "fused_geglu", True)
         self.gated_layers = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
-        self.act = nn.GELU(approximate="none")
         self.wo = nn.Linear(config.intermediate_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layernorm = _layer_norm(config)
@@ -277,7 +300,8 @@ class BertGatedLinearUnitMLP(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         residual = hidden_states
         gated, non_gated = self.gated_layers(hidden_states).split(self.intermediate_size, dim=-1)
-        hidden_states = self.dropout(self.act(gated) * non_gated)  # (total_nnz, intermediate)
+        # (total_nnz, intermediate)
+        hidden_states = gelu_gate(gated, non_gated, self.dropout.p, self.training, self.fused)
         return self.layernorm(self.wo(hidden_states) + residual)
 
 
