@@ -10,17 +10,14 @@ Also summarises the real run (steady-state windows of RUN_DIR/metrics.jsonl) and
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from mosaic_bert import BertConfig, BertForMaskedLM  # noqa: E402
-from mosaic_bert.optim import build_optimizer  # noqa: E402
-from mosaic_bert.pretrain import model_flop_params, peak_flops, step_flops  # noqa: E402
+from mosaic_bert import BertConfig, BertForMaskedLM
+from mosaic_bert.optim import build_optimizer
+from mosaic_bert.pretrain import model_flop_params, peak_flops, step_flops
 
 
 def steady_state(metrics_path, skip_windows=3):
@@ -54,7 +51,6 @@ def main():
     model = BertForMaskedLM(cfg).to(dev).train()
     opt = build_optimizer(model, 5e-4, (0.9, 0.98), 1e-6, 1e-5)
     lengths = np.load(a.lengths)
-    seq = int(lengths.max())
     rng = np.random.default_rng(0)
     batches = []
     for _ in range(8):

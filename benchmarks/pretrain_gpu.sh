@@ -4,7 +4,7 @@
 #   train.txt.xz (../shared/data/wikipedia) and bert-base-uncased/ (../shared/tokenizers)   -- git-ignored, carried.
 # Usage (device): bash benchmarks/pretrain_gpu.sh      (STEPS, MB, GB, SLICE_MB override)
 set -o pipefail
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 OUT=${OUT:-benchmarks/results/pretrain_gpu_out}
 C=.carry/pretrain
 TAG=${TAG:-h100}; STEPS=${STEPS:-300}; MB=${MB:-256}; GB=${GB:-1024}; SLICE_MB=${SLICE_MB:-60}

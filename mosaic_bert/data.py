@@ -448,7 +448,7 @@ def eval_batches(split: TokenizedSplit, masker: MLMMasker, n_samples: int, micro
 def train_wordpiece(docs: Iterable[str], vocab_size: int, out_dir: str | os.PathLike, lowercase: bool = True,
                     min_frequency: int = 2, log=print):
     """Train an uncased BERT WordPiece vocabulary with ``tokenizers`` and save it as a transformers tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import BertTokenizer
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -23,7 +23,6 @@ import time
 from dataclasses import asdict
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from .optim import build_optimizer, build_scheduler

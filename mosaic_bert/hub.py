@@ -38,7 +38,7 @@ def write_model_card(out_dir, recipe, summary: dict, records: list[dict]) -> Pat
         "",
         ("A MosaicBERT (ALiBi attention, unpadded sequences, GeGLU feed-forward; Portes et al., NeurIPS 2023) "
          if is_mosaic else "A BERT (transformers `BertForMaskedLM`) ") +
-        f"pretrained with masked language modelling by `mosaic_bert.pretrain`.",
+        "pretrained with masked language modelling by `mosaic_bert.pretrain`.",
         "",
         "```python",
         "from transformers import AutoModelForMaskedLM, AutoTokenizer",
@@ -48,8 +48,8 @@ def write_model_card(out_dir, recipe, summary: dict, records: list[dict]) -> Pat
         "",
         "## Model",
         "",
-        f"| hidden | layers | heads | intermediate | vocab | parameters |",
-        f"|---|---|---|---|---|---|",
+        "| hidden | layers | heads | intermediate | vocab | parameters |",
+        "|---|---|---|---|---|---|",
         f"| {m['hidden_size']} | {m['num_hidden_layers']} | {m['num_attention_heads']} | {m['intermediate_size']} | "
         f"{summary.get('vocab_size') or 'see config.json'} | {summary.get('params', 0) / 1e6:.1f}M |",
         "",

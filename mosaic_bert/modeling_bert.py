@@ -20,7 +20,6 @@ Parameter names follow the original MosaicBERT checkpoints (`bert.encoder.layer.
 
 import functools
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F

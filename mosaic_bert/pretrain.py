@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .data import (TokenizedSplit, TrainMicrobatches, build_or_load_cache, eval_batches, iter_documents_from_files,

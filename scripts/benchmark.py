@@ -24,7 +24,6 @@ import inspect
 import json
 import math
 import os
-import sys
 import time
 import traceback
 
@@ -102,7 +101,6 @@ def attention_methods(lens, L, H, D, dtype, fa):
     bias = bias.masked_fill(~valid[:, None, None, :], float("-inf")).to(dtype)
 
     methods = {}
-    ref_holder = {}
 
     # ours ----------------------------------------------------------------
     q0 = qkv[:, 0].contiguous().requires_grad_(True)

@@ -6,12 +6,9 @@
   accelerate launch --num_processes 8 scripts/pretrain.py yamls/mosaic-bert-base-uncased.yaml
   python scripts/pretrain.py yamls/tiny-default.yaml --resume   # continue the latest checkpoint
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from mosaic_bert.pretrain import main  # noqa: E402
+from mosaic_bert.pretrain import main
 
 if __name__ == "__main__":
     sys.exit(main())

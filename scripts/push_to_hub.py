@@ -5,12 +5,9 @@
   python scripts/push_to_hub.py runs/tiny-default my-user/x --local-target /tmp/export   # offline: copy instead
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from mosaic_bert.hub import push_folder  # noqa: E402
+from mosaic_bert.hub import push_folder
 
 
 def main(argv=None):

@@ -5,12 +5,9 @@
   python scripts/train_tokenizer.py --hub allenai/c4 --hub-config en --max-docs 1000000 --out tokenizers/c4-wp
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from mosaic_bert.data import (DataError, _take, iter_documents_from_files, iter_hub_documents,  # noqa: E402
+from mosaic_bert.data import (DataError, _take, iter_documents_from_files, iter_hub_documents,
                               resolve_files, train_wordpiece)
 
 

@@ -54,7 +54,6 @@ def reference(q, k, v, cu_q, cu_k, scale, causal, slopes):
     """q, k, v float64 (total, H, D); slopes None, (H,) or (B, H)."""
     outs = []
     cq, ck = cu_q.tolist(), cu_k.tolist()
-    H, D = q.shape[1], q.shape[2]
     for b in range(len(cq) - 1):
         qs, qe, ks, ke = cq[b], cq[b + 1], ck[b], ck[b + 1]
         lq, lk = qe - qs, ke - ks

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mosaic_bert.recipe import (RecipeError, check_batch, default_recipe_dict, duration_to_steps, load_recipe,
+from mosaic_bert.recipe import (RecipeError, check_batch, duration_to_steps, load_recipe,
                                 warmup_steps)
 
 ROOT = Path(__file__).resolve().parent.parent
