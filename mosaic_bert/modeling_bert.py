@@ -518,8 +518,8 @@ class BertModel(BertPreTrainedModel):
         alibi_size = getattr(self.config, "alibi_starting_size", 512)
         if u.max_seqlen > alibi_size:
             logger.warning_once(
-                f"Input sequences of up to {u.max_seqlen} tokens exceed config.alibi_starting_size={alibi_size}: "
-                "ALiBi extrapolates beyond the trained length. Set config.alibi_starting_size to silence this."
+                f"Input sequences are longer than config.alibi_starting_size={alibi_size}: ALiBi extrapolates beyond "
+                "the trained length. Set config.alibi_starting_size to the length you intend to silence this."
             )
         flat_ids = input_ids.reshape(-1)[u.indices] if input_ids is not None else None
         flat_embeds = (

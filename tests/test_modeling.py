@@ -353,12 +353,15 @@ def test_attention_dropout_is_applied_in_training_only():
     assert not torch.allclose(c, d)
 
 
-def test_inputs_longer_than_alibi_starting_size_work(caplog):
+def test_inputs_longer_than_alibi_starting_size_work_and_warn_once(caplog):
     torch.manual_seed(0)
-    model = BertModel(tiny_config(alibi_starting_size=16)).eval()
-    ids = torch.randint(1, 128, (1, 40))
-    with torch.no_grad():
-        out = model(input_ids=ids).last_hidden_state
+    model = BertModel(tiny_config(alibi_starting_size=17)).eval()
+    with torch.no_grad(), caplog.at_level("WARNING"):
+        model(input_ids=torch.randint(1, 128, (1, 10)))
+        assert "alibi_starting_size" not in caplog.text
+        out = model(input_ids=torch.randint(1, 128, (1, 40))).last_hidden_state
+        model(input_ids=torch.randint(1, 128, (2, 30)))
+    assert caplog.text.count("alibi_starting_size=17") == 1
     assert out.shape == (1, 40, 32) and torch.isfinite(out).all()
 
 
