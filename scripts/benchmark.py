@@ -432,11 +432,6 @@ def _model_batch(batch, seqlen, fill, vocab, mask_prob, device, seed=0):
     return {k: v.to(device) for k, v in dict(input_ids=ids, attention_mask=mask, labels=labels).items()}
 
 
-def _model_flops(model, n_tokens, seqlen, cfg):
-    dense = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
-    return 6 * dense * n_tokens + 12 * cfg.num_hidden_layers * cfg.hidden_size * seqlen * n_tokens
-
-
 def _model_step_time(model, batch, steps=20, warmup=5):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     model.train()
@@ -457,11 +452,12 @@ def _model_step_time(model, batch, steps=20, warmup=5):
 def model_mode(args):
     """Training step (fwd + bwd + fused AdamW, bf16 autocast) of MosaicBERT-base with Triton and SDPA attention,
     with and without the fused GeGLU, against transformers' BertForMaskedLM; full rows and ~60% fill; real tokens/s.
-    MFU: 6 x (parameters outside the embeddings) x real tokens + 12 x layers x hidden x seqlen x tokens, over
-    989 TFLOP/s (the same count for every model)."""
+    MFU: the pretraining loop's FLOP count (`mosaic_bert.pretrain.step_flops`: weight matmuls, attention over each
+    attended sequence, the MLM decoder where it runs; HF BERT is charged its padded work) over 989 TFLOP/s."""
     import transformers
 
     from mosaic_bert import BertConfig, BertForMaskedLM
+    from mosaic_bert.pretrain import batch_stats, model_flop_params, step_flops
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -484,7 +480,9 @@ def model_mode(args):
             try:
                 sec = _model_step_time(model, batch)
                 tps = n_tokens / sec
-                mfu = _model_flops(model, n_tokens, args.seqlen, cfg) / sec / MODEL_PEAK
+                family = "mosaic" if name.startswith("mosaic") else "hf"
+                mfu = step_flops(*model_flop_params(model), cfg.num_hidden_layers, *batch_stats(batch, family))
+                mfu = mfu / sec / MODEL_PEAK
                 mem = torch.cuda.max_memory_allocated() / 2**30
                 rows.append(dict(model=name, fill=fill, step_ms=sec * 1e3, tokens_per_s=tps, mfu=mfu, peak_gib=mem))
             except Exception as e:  # report, keep going
@@ -498,7 +496,8 @@ def model_mode(args):
         "",
         f"torch {torch.__version__}, transformers {transformers.__version__}. Step = fwd + bwd + fused AdamW; "
         "MosaicBERT masks 30%, HF BERT 15% (each model's recipe). tokens/s counts real (non-padding) tokens. "
-        "Hidden dropout 0.1 everywhere. `eager-geglu`: MosaicBERT with config.fused_geglu=False.",
+        "Hidden dropout 0.1 everywhere. `eager-geglu`: MosaicBERT with config.fused_geglu=False. MFU: the pretraining "
+        "loop's FLOP count (mosaic_bert.pretrain.step_flops; HF BERT charged its padded work) over 989 TFLOP/s.",
         "",
         "| model | fill | step (ms) | tokens/s | MFU | peak mem (GiB) |",
         "|---|---|---|---|---|---|",
