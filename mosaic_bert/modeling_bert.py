@@ -596,6 +596,7 @@ class BertForMaskedLM(BertPreTrainedModel):
             masked = labels != -100
             if attention_mask is not None and bool((masked & (attention_mask == 0)).any()):
                 raise ValueError("labels mark padding positions (attention_mask == 0); set them to -100.")
+            targets = labels[masked]  # (n_masked,); gathered before the forward so its host sync does not stall it
         outputs = self.bert(
             input_ids,
             attention_mask=attention_mask,
@@ -614,7 +615,6 @@ class BertForMaskedLM(BertPreTrainedModel):
                 logits = logits * attention_mask.ne(0)[..., None].to(logits.dtype)
         else:
             logits = self.cls(sequence_output)  # (n_masked, vocab)
-            targets = labels[masked]
             if targets.numel() == 0:
                 loss = logits.sum() * 0.0  # nothing masked: zero loss, graph kept for DDP
             else:
