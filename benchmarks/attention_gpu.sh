@@ -3,7 +3,7 @@
 # Usage (device): bash benchmarks/attention_gpu.sh [tests|bench|all]
 # Logs and results go to $OUT (or benchmarks/results when OUT is unset).
 set -o pipefail
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 OUT=${OUT:-benchmarks/results}
 WHAT=${1:-all}
 TEST_LIMIT=${TEST_LIMIT:-150}

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .bert_padding import unpad_mask
 from .data import (TokenizedSplit, TrainMicrobatches, build_or_load_cache, eval_batches, iter_documents_from_files,
                    iter_hub_documents, resolve_files, train_wordpiece, _take)
 from .masking import MLMMasker
@@ -131,11 +132,7 @@ def batch_stats(batch: dict, family: str) -> tuple[int, int, int]:
     if family == "hf":
         b, s = am.shape
         return tokens, b * s * s, b * s
-    if int(am.max()) <= 1:
-        lens = am.sum(1).to(torch.int64)
-    else:
-        flat = (torch.arange(am.shape[0])[:, None] * 256 + am).flatten()[am.flatten() > 0]
-        lens = torch.bincount(flat)
+    lens = unpad_mask(am).cu_seqlens.diff().to(torch.int64)  # one length per attended sequence (row or document)
     return tokens, int((lens * lens).sum()), masked
 
 

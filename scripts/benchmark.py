@@ -34,6 +34,9 @@ from pathlib import Path
 
 import torch
 
+from mosaic_bert import flash_attn_triton
+from mosaic_bert.modeling_bert import alibi_bias, alibi_slopes_list
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = {}
 
@@ -43,24 +46,6 @@ def mode(name):
         MODES[name] = fn
         return fn
     return deco
-
-
-def load_fa():
-    path = os.path.join(ROOT, "mosaic_bert", "flash_attn_triton.py")
-    spec = importlib.util.spec_from_file_location("flash_attn_triton", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def alibi_slopes(n):
-    def pow2(n):
-        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
-        return [start * start ** i for i in range(n)]
-    if math.log2(n).is_integer():
-        return pow2(n)
-    c = 2 ** math.floor(math.log2(n))
-    return pow2(c) + pow2(2 * c)[0::2][: n - c]
 
 
 def make_batch(L, tokens, fill, seed):
@@ -85,7 +70,7 @@ def attention_methods(lens, L, H, D, dtype, fa):
     g = torch.Generator(device=dev).manual_seed(0)
     qkv = torch.randn(T, 3, H, D, device=dev, dtype=dtype, generator=g)
     dout = torch.randn(T, H, D, device=dev, dtype=dtype, generator=g)
-    slopes = torch.tensor(alibi_slopes(H), device=dev, dtype=torch.float32)
+    slopes = torch.tensor(alibi_slopes_list(H), device=dev, dtype=torch.float32)
     scale = 1.0 / math.sqrt(D)
 
     # padded layout (B, H, L, D)
@@ -100,9 +85,7 @@ def attention_methods(lens, L, H, D, dtype, fa):
 
     qp, kp, vp = (pad(qkv[:, i]) for i in range(3))
     dop = pad(dout)
-    pos = torch.arange(L, device=dev)
-    dist = (pos[:, None] - pos[None, :]).abs().to(torch.float32)
-    bias = (-slopes[:, None, None] * dist)[None].repeat(B, 1, 1, 1)
+    bias = alibi_bias(slopes, L)[None].repeat(B, 1, 1, 1)
     bias = bias.masked_fill(~valid[:, None, None, :], float("-inf")).to(dtype)
 
     methods = {}
@@ -378,7 +361,7 @@ def run_attention(args):
     if not torch.cuda.is_available():
         raise SystemExit("attention benchmark needs a CUDA GPU")
     import triton
-    fa = load_fa()
+    fa = flash_attn_triton
     Ls = [int(x) for x in args.lengths.split(",")]
     env = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                triton=triton.__version__, heads=args.heads, headdim=args.headdim,
