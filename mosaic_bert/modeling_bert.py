@@ -83,12 +83,13 @@ def alibi_bias(slopes: torch.Tensor, seqlen: int) -> torch.Tensor:
 
 
 class Sequences:
-    """The sequences of one forward pass: `cu_seqlens`, `max_seqlen` and, built once on first use by the PyTorch
-    attention path, the layout that pads every sequence to `max_seqlen`."""
+    """The sequences of one forward pass: `cu_seqlens`, `max_seqlen`, the attention backend chosen once for all layers
+    and, built once on first use by the PyTorch attention path, the layout that pads every sequence to `max_seqlen`."""
 
-    def __init__(self, cu_seqlens: torch.Tensor, max_seqlen: int):
+    def __init__(self, cu_seqlens: torch.Tensor, max_seqlen: int, backend: str = "sdpa"):
         self.cu_seqlens = cu_seqlens  # (n_seqs + 1,) int32
         self.max_seqlen = max_seqlen
+        self.backend = backend
         self._padded = None
 
     @property
@@ -223,7 +224,7 @@ class BertUnpadSelfAttention(nn.Module):
         qkv = self.Wqkv(hidden_states).view(-1, 3, self.num_heads, self.head_dim)
         dropout_p = self.p_dropout if self.training else 0.0
         slopes = alibi_slopes(self.num_heads, qkv.device)
-        backend = resolve_attention_backend(self.config, qkv.device, qkv.dtype, dropout_p)
+        backend = seqs.backend
         if backend == "triton":
             out = triton_varlen_qkvpacked(qkv, seqs.cu_seqlens, seqs.max_seqlen, alibi_slopes=slopes)
         elif backend == "flash_attn":
@@ -526,7 +527,11 @@ class BertModel(BertPreTrainedModel):
             index_first_axis(inputs_embeds.reshape(batch * seqlen, -1), u.indices) if inputs_embeds is not None else None
         )
         hidden = self.embeddings(flat_ids, token_type_ids.reshape(-1)[u.indices], flat_embeds)  # (total_nnz, hidden)
-        seqs = Sequences(u.cu_seqlens, u.max_seqlen)
+        # One attention backend for every layer: it depends on device, activation dtype and dropout, not the layer.
+        device = hidden.device
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else hidden.dtype
+        dropout_p = self.config.attention_probs_dropout_prob if self.training else 0.0
+        seqs = Sequences(u.cu_seqlens, u.max_seqlen, resolve_attention_backend(self.config, device, dtype, dropout_p))
 
         subset_idx = None
         if masked_tokens_mask is not None and not output_hidden_states:
