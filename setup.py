@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="MosaicBERT as a Hugging Face transformers remote-code model, with pretraining and GLUE tools",
     packages=find_packages(include=["mosaic_bert", "mosaic_bert.*"]),
-    package_data={"mosaic_bert": ["data/*"]},
+    package_data={"mosaic_bert.train": ["recipes/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

@@ -24,5 +24,5 @@ if [ "$WHAT" = tests ] || [ "$WHAT" = all ]; then
   ) 2>&1 | tee "$OUT/attention_tests_h100.log"
 fi
 if [ "$WHAT" = bench ] || [ "$WHAT" = all ]; then
-  timeout $BENCH_LIMIT python3 scripts/benchmark.py attention --out "$OUT" --tag h100 $BENCH_ARGS 2>&1 | tee "$OUT/attention_bench_h100.log"
+  timeout $BENCH_LIMIT python3 benchmarks/benchmark.py attention --out "$OUT" --tag h100 $BENCH_ARGS 2>&1 | tee "$OUT/attention_bench_h100.log"
 fi

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from mosaic_bert import BertConfig, BertForMaskedLM
-from mosaic_bert.optim import build_optimizer
-from mosaic_bert.pretrain import model_flop_params, peak_flops, step_flops
+from mosaic_bert.train.optim import build_optimizer
+from mosaic_bert.train.flops import model_flop_params, peak_flops, step_flops
 
 
 def steady_state(metrics_path, skip_windows=3):

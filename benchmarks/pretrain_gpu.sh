@@ -16,7 +16,7 @@ mkdir -p "$OUT" $W
   python3 -c "import datasets; print('datasets', datasets.__version__)" 2>&1 | tail -1
   t=$(date +%s); xz -dc $C/train.txt.xz | head -c ${SLICE_MB}000000 > $W/wiki.txt; echo "decompressed ${SLICE_MB} MB slice in $(( $(date +%s) - t )) s"
 } 2>&1 | tee "$OUT/pretrain_${TAG}.log"
-timeout ${TRAIN_LIMIT:-420} python3 scripts/pretrain.py yamls/mosaic-bert-base-uncased.yaml name=mosaic-bert-base-wiki-${TAG} \
+timeout ${TRAIN_LIMIT:-420} python3 scripts/pretrain.py mosaic-bert-base-uncased name=mosaic-bert-base-wiki-${TAG} \
   tokenizer.name_or_path=$C/bert-base-uncased data.hub_name=null data.train_files=$W/wiki.txt data.mode=chunk \
   data.max_train_docs=null data.valid_fraction=0.01 data.max_valid_docs=null data.cache_dir=$W/cache data.num_workers=4 \
   train.global_batch_size=$GB train.microbatch_size=$MB train.max_duration=${STEPS}ba train.eval_interval=100 \

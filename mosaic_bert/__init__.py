@@ -1,7 +1,7 @@
-"""mosaic-bert: MosaicBERT as a transformers remote-code model, plus tools to pretrain and evaluate it."""
+"""mosaic-bert: MosaicBERT as a transformers remote-code model (`mosaic_bert.modeling`), plus the tools to pretrain
+(`mosaic_bert.train`) and evaluate it on GLUE (`mosaic_bert.glue`)."""
 
-from .configuration_bert import BertConfig
-from .modeling_bert import BertForMaskedLM, BertForSequenceClassification, BertModel, BertPreTrainedModel
+from .modeling import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel, BertPreTrainedModel
 
 __version__ = "0.1.0"
 

@@ -11,8 +11,8 @@ import argparse
 import logging
 import sys
 
-from mosaic_bert.glue import run_glue
-from mosaic_bert.glue_tasks import TASKS
+from mosaic_bert.glue.finetune import run_glue
+from mosaic_bert.glue.tasks import TASKS
 
 
 def main(argv=None):

@@ -7,7 +7,7 @@
 import argparse
 import sys
 
-from mosaic_bert.hub import push_folder
+from mosaic_bert.train.export import push_folder
 
 
 def main(argv=None):

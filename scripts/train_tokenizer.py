@@ -7,7 +7,7 @@
 import argparse
 import sys
 
-from mosaic_bert.data import (DataError, _take, iter_documents_from_files, iter_hub_documents,
+from mosaic_bert.train.data import (DataError, _take, iter_documents_from_files, iter_hub_documents,
                               resolve_files, train_wordpiece)
 
 

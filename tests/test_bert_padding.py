@@ -2,7 +2,7 @@
 
 import torch
 
-from mosaic_bert.bert_padding import index_first_axis, index_put_first_axis, pad_input, unpad_input, unpad_mask
+from mosaic_bert.modeling.bert_padding import index_first_axis, index_put_first_axis, pad_input, unpad_input, unpad_mask
 
 
 def test_gathers_and_scatters_match_autograd_indexing():

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mosaic_bert.data import (DataError, TokenizedSplit, TrainMicrobatches, build_or_load_cache, global_rows,
+from mosaic_bert.train.data import (DataError, TokenizedSplit, TrainMicrobatches, build_or_load_cache, global_rows,
                               iter_documents_from_files, resolve_files, train_wordpiece)
-from mosaic_bert.masking import MLMMasker
-from mosaic_bert.recipe import DataConfig
+from mosaic_bert.train.masking import MLMMasker
+from mosaic_bert.train.config import DataConfig
 
 SMALL = Path(__file__).parent / "fixtures" / "pretrain" / "pydocs_small.txt"
 

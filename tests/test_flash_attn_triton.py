@@ -1,4 +1,4 @@
-"""Tests for mosaic_bert/flash_attn_triton.py against a float64 reference.
+"""Tests for mosaic_bert/modeling/flash_attn_triton.py against a float64 reference.
 
 * CPU: the kernels run in Triton's interpreter (TRITON_INTERPRET=1).  That
   variable must be set before triton is imported, so the interpreter cases run
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULE_PATH = os.path.join(ROOT, "mosaic_bert", "flash_attn_triton.py")
+MODULE_PATH = os.path.join(ROOT, "mosaic_bert", "modeling", "flash_attn_triton.py")
 CHILD = os.environ.get("MOSAIC_FA_INTERP_CHILD") == "1"
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 HAS_CUDA = torch.cuda.is_available() and not INTERP

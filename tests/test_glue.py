@@ -1,4 +1,4 @@
-"""Tests of the GLUE harness (mosaic_bert.glue_tasks, mosaic_bert.glue): CPU only, no ../shared."""
+"""Tests of the GLUE harness (mosaic_bert.glue.tasks, mosaic_bert.glue): CPU only, no ../shared."""
 
 import json
 import math
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mosaic_bert import glue_tasks as gt
-from mosaic_bert.glue_tasks import TASKS, GlueDataError
+from mosaic_bert.glue import tasks as gt
+from mosaic_bert.glue.tasks import TASKS, GlueDataError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "glue")
 
@@ -192,7 +192,7 @@ def tiny_model(request, tmp_path_factory):
 
 
 def test_end_to_end_single_pair_regression(tiny_model, tmp_path):
-    from mosaic_bert.glue import run_glue
+    from mosaic_bert.glue.finetune import run_glue
 
     out = str(tmp_path / "out")
     res = run_glue(tiny_model, "sst2,rte,stsb", FIXTURES, out, num_seeds=1, epochs=2,
@@ -217,7 +217,7 @@ def test_end_to_end_single_pair_regression(tiny_model, tmp_path):
 def test_mnli_to_rte_handoff(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
-    from mosaic_bert.glue import load_model, run_glue
+    from mosaic_bert.glue.finetune import load_model, run_glue
 
     out = str(tmp_path / "out")
     res = run_glue(tiny_model, "rte,mnli", FIXTURES, out, num_seeds=1, epochs=2,  # step 0 of the schedule has lr 0
@@ -261,7 +261,7 @@ def test_cli_help():
 
 
 def test_optimizer_and_schedule():
-    from mosaic_bert.glue import make_optimizer, make_scheduler
+    from mosaic_bert.glue.finetune import make_optimizer, make_scheduler
 
     lin = torch.nn.Linear(4, 3)
     w0 = lin.weight.detach().clone()

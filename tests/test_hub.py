@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mosaic_bert.hub import files_to_publish, push_folder, write_model_card
-from mosaic_bert.recipe import load_recipe
+from mosaic_bert.train.export import files_to_publish, push_folder, write_model_card
+from mosaic_bert.train.config import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mosaic_bert.masking import MLMMasker
+from mosaic_bert.train.masking import MLMMasker
 
 MASK, SPECIALS, V = 4, [0, 1, 2, 3, 4], 1000
 

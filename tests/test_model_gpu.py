@@ -7,7 +7,7 @@ import torch
 
 from conftest import requires_cuda
 from mosaic_bert import BertConfig, BertForMaskedLM
-from mosaic_bert.flash_attn_triton import is_available as triton_available
+from mosaic_bert.modeling.flash_attn_triton import is_available as triton_available
 
 pytestmark = [requires_cuda, pytest.mark.gpu]
 
@@ -71,7 +71,7 @@ def test_triton_path_matches_pytorch_path_in_a_training_step(max_len):
 
 @pytest.mark.skipif(not triton_available(), reason="needs triton")
 def test_auto_backend_is_triton_on_cuda_bf16_and_padding_invariant():
-    from mosaic_bert.modeling_bert import resolve_attention_backend
+    from mosaic_bert.modeling.modeling_bert import resolve_attention_backend
 
     cfg = BertConfig(num_hidden_layers=2)
     assert resolve_attention_backend(cfg, torch.device("cuda"), torch.bfloat16, 0.0) == "triton"
@@ -99,7 +99,7 @@ def test_cpu_and_gpu_agree_in_fp32():
 
 
 def test_fused_geglu_matches_eager():
-    from mosaic_bert.modeling_bert import gelu_gate
+    from mosaic_bert.modeling.modeling_bert import gelu_gate
 
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(1000, 2 * 3072, device="cuda", generator=g, dtype=torch.bfloat16, requires_grad=True)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import FIXTURES, ORIGINAL_TINY, perturb_, tiny_config
 from mosaic_bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
-from mosaic_bert.modeling_bert import Sequences, alibi_slopes_list, torch_attention
+from mosaic_bert.modeling.modeling_bert import Sequences, alibi_slopes_list, torch_attention
 
 TOL = 1e-4
 

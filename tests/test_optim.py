@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mosaic_bert.optim import DecoupledAdamW, build_optimizer, build_scheduler, linear_warmup_decay, param_groups
+from mosaic_bert.train.optim import DecoupledAdamW, build_optimizer, build_scheduler, linear_warmup_decay, param_groups
 
 
 def _lrs(total=1000, warmup=60, lr=5e-4, alpha_f=0.02):

@@ -140,7 +140,8 @@ def test_hf_baseline_and_packed_rows(straight, extra, tmp_path):
 
 def test_flop_count_and_peak_table():
     import torch
-    from mosaic_bert.pretrain import PEAK_FLOPS_BF16, batch_stats, round_vocab, step_flops
+    from mosaic_bert.train.flops import PEAK_FLOPS_BF16, batch_stats, step_flops
+    from mosaic_bert.train.trainer import round_vocab
     am = torch.tensor([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 0, 0]])       # packed row: docs of 3 and 2; plain row of 4
     labels = torch.full((2, 6), -100)
     labels[0, 1] = labels[1, 2] = 7

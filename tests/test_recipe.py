@@ -6,27 +6,27 @@ from pathlib import Path
 
 import pytest
 
-from mosaic_bert.recipe import (RecipeError, check_batch, duration_to_steps, load_recipe,
+from mosaic_bert.train.config import (RecipeError, check_batch, duration_to_steps, load_recipe,
                                 warmup_steps)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_tiny_default_yaml_is_the_embedded_default():
-    assert load_recipe(str(ROOT / "yamls" / "tiny-default.yaml")).to_dict() == load_recipe(None).to_dict()
+    assert load_recipe("tiny-default").to_dict() == load_recipe(None).to_dict()
 
 
 def test_paper_recipe_numbers():
-    r = load_recipe(str(ROOT / "yamls" / "mosaic-bert-base-uncased.yaml"))
+    r = load_recipe("mosaic-bert-base-uncased")
     t = r.train
     assert (r.data.max_seq_len, t.mlm_probability, t.global_batch_size, t.lr) == (128, 0.30, 4096, 5e-4)
     assert (t.betas, t.eps, t.weight_decay, t.warmup, t.alpha_f) == ((0.9, 0.98), 1e-6, 1e-5, 0.06, 0.02)
     steps = duration_to_steps(t.max_duration, t.global_batch_size, 100.0)
     assert steps == 70_000 and warmup_steps(t.warmup, steps) == 4200
     assert check_batch(r, 8) == 4                      # 128 x 4 x 8 = 4096
-    hf = load_recipe(str(ROOT / "yamls" / "hf-bert-base-uncased.yaml"))
+    hf = load_recipe("hf-bert-base-uncased")
     assert (hf.model.family, hf.train.mlm_probability, hf.model.attention_probs_dropout_prob) == ("hf", 0.15, 0.1)
-    large = load_recipe(str(ROOT / "yamls" / "mosaic-bert-large-uncased.yaml"))
+    large = load_recipe("mosaic-bert-large-uncased")
     assert (large.model.hidden_size, large.model.num_hidden_layers) == (1024, 24)
 
 
@@ -54,6 +54,6 @@ def test_batch_divisibility_error():
 
 
 def test_print_recipe_cli():
-    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain.py"), "yamls/mosaic-bert-base-uncased.yaml",
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain.py"), "mosaic-bert-base-uncased",
                         "train.lr=3e-4", "--print-recipe"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "lr: 0.0003" in p.stdout

@@ -5,7 +5,7 @@ Sources
     blank-line-separated blocks (the Wikipedia dump format: title line, one paragraph per line) or one
     per line; ``.jsonl``/``.json``/``.parquet``/``.csv`` through ``datasets`` (column ``text_column``);
   * Hub datasets by name through ``datasets`` streaming (e.g. ``allenai/c4``, config ``en``);
-  * nothing: the embedded Python-documentation corpus (:mod:`mosaic_bert.corpus`).
+  * nothing: the embedded Python-documentation corpus (:mod:`mosaic_bert.train.corpus`).
 
 The tokenized cache is a folder of ``.npy`` arrays (rows of ``max_seq_len`` token ids, lengths, and
 document ids when packing), keyed by a hash of (data identity, tokenizer vocabulary, seq_len, mode),
@@ -37,14 +37,11 @@ import numpy as np
 import torch
 
 from .masking import MLMMasker
+from ..errors import DataError
 
 CACHE_VERSION = 2
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".raw")
 COMPRESSED = {".xz": lzma.open, ".lzma": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
-
-
-class DataError(ValueError):
-    """Unusable data; the message names the problem and the fix."""
 
 
 # --------------------------------------------------------------------------------------------- files

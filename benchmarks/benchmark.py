@@ -2,8 +2,8 @@
 """Benchmarks for mosaic-bert.  Modes are registered in ``MODES``; add new ones
 with the ``@mode("name")`` decorator.
 
-    python scripts/benchmark.py attention --out benchmarks/results
-    python scripts/benchmark.py model --out benchmarks/results
+    python benchmarks/benchmark.py attention --out benchmarks/results
+    python benchmarks/benchmark.py model --out benchmarks/results
 
 model: training-step time of MosaicBERT-base (Triton / SDPA attention, fused / eager GeGLU) against transformers'
 BertForMaskedLM at batch 256 x 128, full rows and ~60% fill (see model_mode).
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from mosaic_bert import flash_attn_triton
-from mosaic_bert.modeling_bert import alibi_bias, alibi_slopes_list
+from mosaic_bert.modeling import flash_attn_triton
+from mosaic_bert.modeling.modeling_bert import alibi_bias, alibi_slopes_list
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = {}
@@ -435,12 +435,12 @@ def _model_step_time(model, batch, steps=20, warmup=5):
 def model_mode(args):
     """Training step (fwd + bwd + fused AdamW, bf16 autocast) of MosaicBERT-base with Triton and SDPA attention,
     with and without the fused GeGLU, against transformers' BertForMaskedLM; full rows and ~60% fill; real tokens/s.
-    MFU: the pretraining loop's FLOP count (`mosaic_bert.pretrain.step_flops`: weight matmuls, attention over each
+    MFU: the pretraining loop's FLOP count (`mosaic_bert.train.flops.step_flops`: weight matmuls, attention over each
     attended sequence, the MLM decoder where it runs; HF BERT is charged its padded work) over 989 TFLOP/s."""
     import transformers
 
     from mosaic_bert import BertConfig, BertForMaskedLM
-    from mosaic_bert.pretrain import batch_stats, model_flop_params, step_flops
+    from mosaic_bert.train.flops import batch_stats, model_flop_params, step_flops
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -480,7 +480,7 @@ def model_mode(args):
         f"torch {torch.__version__}, transformers {transformers.__version__}. Step = fwd + bwd + fused AdamW; "
         "MosaicBERT masks 30%, HF BERT 15% (each model's recipe). tokens/s counts real (non-padding) tokens. "
         "Hidden dropout 0.1 everywhere. `eager-geglu`: MosaicBERT with config.fused_geglu=False. MFU: the pretraining "
-        "loop's FLOP count (mosaic_bert.pretrain.step_flops; HF BERT charged its padded work) over 989 TFLOP/s.",
+        "loop's FLOP count (mosaic_bert.train.flops.step_flops; HF BERT charged its padded work) over 989 TFLOP/s.",
         "",
         "| model | fill | step (ms) | tokens/s | MFU | peak mem (GiB) |",
         "|---|---|---|---|---|---|",

@@ -473,12 +473,12 @@ if HAS_TRITON:
 def _require_available():
     if not HAS_TRITON:
         raise RuntimeError(
-            "mosaic_bert.flash_attn_triton: triton is not installed; use the "
+            "mosaic_bert.modeling.flash_attn_triton: triton is not installed; use the "
             "PyTorch attention path instead (pip install triton to enable)."
         )
     if not is_available():
         raise RuntimeError(
-            "mosaic_bert.flash_attn_triton: no CUDA GPU available; the Triton "
+            "mosaic_bert.modeling.flash_attn_triton: no CUDA GPU available; the Triton "
             "kernels need a GPU (or TRITON_INTERPRET=1 for testing)."
         )
 

@@ -22,33 +22,15 @@ from pathlib import Path
 
 import torch
 
-from .bert_padding import unpad_mask
 from .data import (TokenizedSplit, TrainMicrobatches, build_or_load_cache, eval_batches, iter_documents_from_files,
                    iter_hub_documents, resolve_files, train_wordpiece, _take)
 from .masking import MLMMasker
 from .optim import build_optimizer, build_scheduler
-from .recipe import (Recipe, RecipeError, check_batch, config_hash, duration_to_steps, load_recipe, warmup_steps)
+from .config import (Recipe, check_batch, config_hash, duration_to_steps, load_recipe, warmup_steps)
+from ..errors import DataError, RecipeError, ResumeError
+from .flops import batch_stats, model_flop_params, peak_flops, step_flops
 
-PEAK_FLOPS_BF16 = {  # dense bf16 tensor-core peak FLOP/s by device-name substring (first match wins)
-    "H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "GH200": 989e12, "B200": 2250e12,
-    "A100": 312e12, "A10G": 125e12, "A10": 125e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12,
-    "A6000": 155e12, "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12,
-}
 STATE_FILE = "trainer_state.json"
-
-
-class ResumeError(RecipeError):
-    pass
-
-
-def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for k, v in PEAK_FLOPS_BF16.items():
-        if k in name:
-            return v
-    return None
 
 
 def _print(accelerator, *a):
@@ -76,7 +58,7 @@ def build_model(recipe: Recipe, tokenizer_len: int, pad_token_id: int):
                   attention_probs_dropout_prob=m.attention_probs_dropout_prob, pad_token_id=pad_token_id)
     kwargs.update(m.extra or {})
     if m.family == "mosaic":
-        from mosaic_bert import BertConfig, BertForMaskedLM
+        from ..modeling import BertConfig, BertForMaskedLM
         kwargs.update(alibi_starting_size=m.alibi_starting_size, attention_backend=m.attention_backend)
         return BertForMaskedLM(BertConfig(**kwargs))
     import transformers
@@ -105,35 +87,6 @@ def load_or_train_tokenizer(recipe: Recipe, corpus: dict | None, cache_root: Pat
         return AutoTokenizer.from_pretrained(str(folder))
     train_wordpiece(docs(), t.vocab_size, folder, log=log)
     return AutoTokenizer.from_pretrained(str(folder))
-
-
-# ------------------------------------------------------------------------------------------- FLOPs
-def model_flop_params(model) -> tuple[int, int, int]:
-    """(non-embedding params, hidden, vocab) -- embeddings are lookups, the tied decoder is counted apart."""
-    total, emb = 0, 0
-    for name, p in model.named_parameters():
-        total += p.numel()
-        if "embeddings" in name:
-            emb += p.numel()
-    cfg = model.config
-    return total - emb, cfg.hidden_size, cfg.vocab_size
-
-
-def step_flops(n_params: int, hidden: int, vocab: int, layers: int, tokens: int, attn_sq: int, head_tokens: int) -> float:
-    """Training FLOPs (forward + backward = 3x forward): 6*N*tokens for the weight matmuls, 12*L*h*sum(n_i^2) for
-    QK^T and PV over each attended sequence, 6*h*V per position the MLM decoder runs on."""
-    return 6.0 * n_params * tokens + 12.0 * layers * hidden * attn_sq + 6.0 * hidden * vocab * head_tokens
-
-
-def batch_stats(batch: dict, family: str) -> tuple[int, int, int]:
-    am = batch["attention_mask"]
-    tokens = int((am > 0).sum())
-    masked = int((batch["labels"] != -100).sum())
-    if family == "hf":
-        b, s = am.shape
-        return tokens, b * s * s, b * s
-    lens = unpad_mask(am).cu_seqlens.diff().to(torch.int64)  # one length per attended sequence (row or document)
-    return tokens, int((lens * lens).sum()), masked
 
 
 # ------------------------------------------------------------------------------------- checkpoints
@@ -486,7 +439,7 @@ def run(recipe: Recipe, resume=None, log=print) -> dict:
         tokenizer.save_pretrained(str(out_dir))
         (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1, default=str))
         plot_curve(metrics.records, out_dir / "loss_curve.png", f"{recipe.name}: {recipe.model.family} BERT MLM pretraining")
-        from .hub import write_model_card
+        from .export import write_model_card
         write_model_card(out_dir, recipe, summary, metrics.records)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         if first_eval and last_eval:
@@ -540,7 +493,6 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from .data import DataError
         if isinstance(e, DataError):
             print(f"error: {e}", file=sys.stderr)
             return 2

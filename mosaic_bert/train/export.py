@@ -38,7 +38,7 @@ def write_model_card(out_dir, recipe, summary: dict, records: list[dict]) -> Pat
         "",
         ("A MosaicBERT (ALiBi attention, unpadded sequences, GeGLU feed-forward; Portes et al., NeurIPS 2023) "
          if is_mosaic else "A BERT (transformers `BertForMaskedLM`) ") +
-        "pretrained with masked language modelling by `mosaic_bert.pretrain`.",
+        "pretrained with masked language modelling by `mosaic_bert.train.trainer`.",
         "",
         "```python",
         "from transformers import AutoModelForMaskedLM, AutoTokenizer",

@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-
-class RecipeError(ValueError):
-    """A recipe that cannot run; the message names the problem and the fix."""
+from ..errors import RecipeError
 
 
 @dataclass
@@ -183,41 +181,34 @@ def _fix_floats(obj):
     return obj
 
 
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"   # shipped with the package (package data)
+DEFAULT_RECIPE = "tiny-default"
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A YAML path, or the name of a recipe shipped in `mosaic_bert/train/recipes/` (e.g. `mosaic-bert-base-uncased`)."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    shipped = RECIPES_DIR / (p.name if p.suffix else p.name + ".yaml")
+    if shipped.exists():
+        return shipped
+    names = ", ".join(sorted(q.stem for q in RECIPES_DIR.glob("*.yaml")))
+    raise RecipeError(f"Recipe '{name_or_path}' is neither a YAML file nor a shipped recipe. "
+                      f"Pass a path to a YAML file, or one of: {names}.")
+
+
 def load_recipe(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Recipe:
+    """The recipe at `path` (a YAML path or a shipped recipe name; None = the tiny default) with `key=value`
+    overrides applied, validated."""
     import yaml
-    d: dict = {}
-    if path:
-        p = Path(path)
-        if not p.exists():
-            bundled = Path(__file__).resolve().parent.parent / "yamls" / (p.name if p.suffix else p.name + ".yaml")
-            if bundled.exists():
-                p = bundled
-            else:
-                raise RecipeError(f"Recipe file '{path}' does not exist. Pass a YAML path, e.g. yamls/tiny-default.yaml.")
-        d = _fix_floats(yaml.safe_load(p.read_text()) or {})
-        d.setdefault("name", p.stem)
-    else:
-        d = default_recipe_dict()
+    p = recipe_path(path or DEFAULT_RECIPE)
+    d = _fix_floats(yaml.safe_load(p.read_text()) or {})
+    d.setdefault("name", p.stem)
     d = apply_overrides(d, overrides or [])
     r = recipe_from_dict(d)
     validate(r)
     return r
-
-
-def default_recipe_dict() -> dict:
-    """The embedded default (same as yamls/tiny-default.yaml): a small MosaicBERT on the Python docs, on CPU."""
-    return {
-        "name": "tiny-default",
-        "model": {"family": "mosaic", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
-                  "intermediate_size": 1024, "max_position_embeddings": 128, "alibi_starting_size": 128,
-                  "hidden_dropout_prob": 0.0},
-        "tokenizer": {"name_or_path": None, "vocab_size": 4096},
-        "data": {"train_files": None, "max_seq_len": 128, "mode": "truncate", "valid_fraction": 0.04},
-        "train": {"global_batch_size": 32, "microbatch_size": 32, "max_duration": "400ba", "lr": 1.0e-3,
-                  "warmup": 0.06, "eval_interval": 100, "eval_samples": 512, "log_interval": 20,
-                  "checkpoint_interval": 200, "keep_checkpoints": 1, "output_dir": "runs/tiny-default",
-                  "fill_mask_example": "Return true if the [MASK] is a directory."},
-    }
 
 
 def validate(r: Recipe) -> None:

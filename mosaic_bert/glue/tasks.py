@@ -3,7 +3,7 @@
 Everything task-specific lives in ``TASKS``: one frozen dataclass per task holding where the
 data is (GLUE tsv columns and the ``nyu-mll/glue`` Hub columns), the labels, the metrics and
 the paper's fine-tuning recipe (Portes et al. 2023, Table S2 and the original fine-tuning
-configs). The training code in ``mosaic_bert.glue`` only reads this table.
+configs). The training code in ``mosaic_bert.glue.finetune`` only reads this table.
 
 This module is independent of the model code: nothing in ``mosaic_bert`` imports it.
 """
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from ..errors import GlueDataError
 
 logger = logging.getLogger(__name__)
 
@@ -148,10 +150,6 @@ def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
 # ----------------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------------
-class GlueDataError(ValueError):
-    pass
-
-
 def tsv_path(data_dir: str, task: GlueTask, stem: str) -> str:
     return os.path.join(data_dir, TSV_DIRS[task.name], f"{stem}.tsv")
 

@@ -4,7 +4,7 @@
 with ``AutoModelForSequenceClassification.from_pretrained(..., trust_remote_code=True)`` (our
 checkpoints and stock Hugging Face BERTs alike) and writes ``results.json`` and ``results.md``.
 
-Recipe (per task numbers in ``mosaic_bert.glue_tasks.TASKS``): decoupled AdamW, betas (0.9, 0.98),
+Recipe (per task numbers in ``mosaic_bert.glue.tasks.TASKS``): decoupled AdamW, betas (0.9, 0.98),
 eps 1e-6, linear warmup over 6% of the steps then linear decay to 0, max length 256, dynamic
 padding, bf16 autocast on GPU, evaluation after every epoch. RTE, MRPC and STS-B start from the
 MNLI-fine-tuned checkpoint with a freshly initialised classifier.
@@ -25,8 +25,8 @@ from typing import Sequence
 
 import torch
 
-from .optim import build_optimizer, build_scheduler
-from .glue_tasks import (
+from ..train.optim import build_optimizer, build_scheduler
+from .tasks import (
     MAX_SEQ_LENGTH,
     TASKS,
     GlueTask,

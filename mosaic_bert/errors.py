@@ -1,0 +1,22 @@
+"""One error family for the tooling: every problem a user can fix is a `MosaicBertError` (a `ValueError`) whose
+message names the problem and the fix. The model files raise plain `ValueError`s (they import nothing from here)."""
+
+
+class MosaicBertError(ValueError):
+    """Base of every error the tooling raises for bad input, settings or state."""
+
+
+class RecipeError(MosaicBertError):
+    """A recipe (YAML or override) is invalid or inconsistent."""
+
+
+class DataError(MosaicBertError):
+    """Training or evaluation data cannot be found, read or used."""
+
+
+class ResumeError(RecipeError):
+    """A checkpoint cannot be resumed with this recipe, or an output folder is in use."""
+
+
+class GlueDataError(DataError):
+    """GLUE data for a task is missing or malformed."""

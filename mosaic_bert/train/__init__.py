@@ -1,0 +1,1 @@
+"""Pretraining tools: recipes, data, masking, optimizer, the Trainer, checkpoints, metrics, export."""
