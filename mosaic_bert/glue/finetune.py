@@ -4,8 +4,8 @@
 with ``AutoModelForSequenceClassification.from_pretrained(..., trust_remote_code=True)`` (our
 checkpoints and stock Hugging Face BERTs alike) and writes ``results.json`` and ``results.md``.
 
-Recipe (per task numbers in ``mosaic_bert.glue.tasks.TASKS``): decoupled AdamW, betas (0.9, 0.98),
-eps 1e-6, linear warmup over 6% of the steps then linear decay to 0, max length 256, dynamic
+Recipe (every number in ``mosaic_bert.glue.tasks.TASKS``): pretraining's decoupled AdamW
+(``mosaic_bert.train.optim``), linear warmup then linear decay to 0, max length 256, dynamic
 padding, bf16 autocast on GPU, evaluation after every epoch. RTE, MRPC and STS-B start from the
 MNLI-fine-tuned checkpoint with a freshly initialised classifier.
 
@@ -24,7 +24,9 @@ from dataclasses import asdict
 from typing import Sequence
 
 import torch
+from transformers import TrainerCallback
 
+from ..errors import GlueDataError
 from ..train.optim import build_optimizer, build_scheduler
 from .tasks import (
     MAX_SEQ_LENGTH,
@@ -40,24 +42,17 @@ from .tasks import (
 
 logger = logging.getLogger("mosaic_bert.glue")
 
-BETAS = (0.9, 0.98)
-EPS = 1e-6
-WARMUP_FRACTION = 0.06
-
 
 # ----------------------------------------------------------------------------------------
-# optimizer and schedule
+# optimizer and schedule: pretraining's (mosaic_bert.train.optim), numbers from the task table
 # ----------------------------------------------------------------------------------------
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """The pretraining optimizer (decoupled AdamW, betas (0.9, 0.98), eps 1e-6); as in the paper's fine-tuning
-    code, one group: every parameter is decayed."""
-    return build_optimizer(model, lr, BETAS, EPS, weight_decay, no_decay_bias_and_norm=False)
-
-
-def make_scheduler(optimizer, total_steps: int, warmup_fraction: float = WARMUP_FRACTION):
-    """Linear warmup over ``warmup_fraction`` of the steps, then linear decay to 0."""
-    warmup = max(1, int(round(warmup_fraction * total_steps)))
-    return build_scheduler(optimizer, warmup, total_steps, alpha_f=0.0)
+def build_optimization(model: torch.nn.Module, task: GlueTask, total_steps: int):
+    """-> (optimizer, scheduler): decoupled AdamW with ``task``'s lr / weight decay / betas / eps and, as in the
+    paper's fine-tuning code, one group (every parameter decayed); linear warmup over ``task.warmup_fraction``
+    of ``total_steps``, then linear decay to 0."""
+    optimizer = build_optimizer(model, task.lr, task.betas, task.eps, task.weight_decay, no_decay_bias_and_norm=False)
+    warmup = max(1, int(round(task.warmup_fraction * total_steps)))
+    return optimizer, build_scheduler(optimizer, warmup, total_steps, alpha_f=0.0)
 
 
 # ----------------------------------------------------------------------------------------
@@ -131,6 +126,58 @@ def _subset(ds, n: int | None, seed: int):
     return ds.shuffle(seed=seed).select(range(n))
 
 
+class _CollectEvals(TrainerCallback):
+    """Trainer callback: with a dict of eval sets Trainer evaluates (and calls ``on_evaluate``) once per split;
+    this gathers them into ``evals`` = [{"epoch": e, "metrics": {name: value}}, ...] (one entry per epoch)."""
+
+    def __init__(self, task: GlueTask, splits, seed: int):
+        self.task, self.splits, self.seed = task, list(splits), seed
+        self.evals: list[dict] = []
+
+    def metric_names(self, metrics: dict) -> dict:
+        out = {}
+        for k, v in (metrics or {}).items():
+            for split in self.splits:
+                pre = f"eval_{split}_"
+                if k.startswith(pre) and k[len(pre):] in self.task.metrics:
+                    name = k[len(pre):] if len(self.splits) == 1 else f"{split}_{k[len(pre):]}"
+                    out[name] = float(v)
+        return out
+
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        split_metrics = self.metric_names(metrics)
+        ep = int(round(state.epoch or 0))
+        if self.evals and self.evals[-1]["epoch"] == ep:
+            self.evals[-1]["metrics"].update(split_metrics)
+        else:
+            self.evals.append({"epoch": ep, "metrics": split_metrics})
+        logger.info("%s seed %d epoch %d: %s", self.task.name, self.seed, ep,
+                    ", ".join(f"{k}={v:.2f}" for k, v in self.evals[-1]["metrics"].items()))
+
+
+def _training_args(task: GlueTask, output_dir: str, seed: int, epochs: int, steps_per_epoch: int, bf16: bool,
+                   logging_steps: int, max_grad_norm: float):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=task.batch_size,
+        per_device_eval_batch_size=max(64, task.batch_size),
+        num_train_epochs=epochs,
+        eval_strategy="epoch",
+        save_strategy="no",
+        logging_strategy="steps",
+        logging_steps=max(1, min(logging_steps, steps_per_epoch)),
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        max_grad_norm=max_grad_norm,  # 0: no clipping (the paper's Composer runs did not clip)
+    )
+
+
 def finetune(
     task: GlueTask,
     model_path: str,
@@ -149,70 +196,27 @@ def finetune(
     max_grad_norm: float = 0.0,
 ) -> dict:
     """Fine-tune one seed; returns {"epochs": [{"epoch", "metrics"}...], "train_time_s", ...}."""
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
+    from transformers import DataCollatorWithPadding, Trainer, set_seed
 
     epochs = epochs or task.epochs
     set_seed(seed)
     model = load_model(model_path, task, fresh_classifier=fresh_classifier)
     train_tok = _tokenize(train_ds, tokenizer, max_length)
     eval_tok = {k: _tokenize(v, tokenizer, max_length) for k, v in eval_sets.items()}
-
-    cuda = torch.cuda.is_available()
     if bf16 is None:
-        bf16 = cuda and torch.cuda.is_bf16_supported()
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     steps_per_epoch = math.ceil(len(train_tok) / task.batch_size)
-    total_steps = steps_per_epoch * epochs
-    optimizer = make_optimizer(model, task.lr, task.weight_decay)
-    scheduler = make_scheduler(optimizer, total_steps)
-
-    args = TrainingArguments(
-        output_dir=output_dir,
-        per_device_train_batch_size=task.batch_size,
-        per_device_eval_batch_size=max(64, task.batch_size),
-        num_train_epochs=epochs,
-        eval_strategy="epoch",
-        save_strategy="no",
-        logging_strategy="steps",
-        logging_steps=max(1, min(logging_steps, steps_per_epoch)),
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        bf16=bf16,
-        use_cpu=not cuda,
-        dataloader_num_workers=0,
-        max_grad_norm=max_grad_norm,  # 0: no clipping (the paper's Composer runs did not clip)
-    )
-
-    evals: list[dict] = []
-
-    class _Collect(TrainerCallback):
-        def on_evaluate(self, args, state, control, metrics=None, **kw):
-            # with a dict of eval sets Trainer evaluates (and calls this) once per split
-            split_metrics = {}
-            for k, v in (metrics or {}).items():
-                for split in eval_tok:
-                    pre = f"eval_{split}_"
-                    if k.startswith(pre) and k[len(pre):] in task.metrics:
-                        name = k[len(pre):] if len(eval_tok) == 1 else f"{split}_{k[len(pre):]}"
-                        split_metrics[name] = float(v)
-            ep = int(round(state.epoch or 0))
-            if evals and evals[-1]["epoch"] == ep:
-                evals[-1]["metrics"].update(split_metrics)
-            else:
-                evals.append({"epoch": ep, "metrics": split_metrics})
-            logger.info("%s seed %d epoch %d: %s", task.name, seed, ep,
-                        ", ".join(f"{k}={v:.2f}" for k, v in evals[-1]["metrics"].items()))
-
+    collector = _CollectEvals(task, eval_tok, seed)
     trainer = Trainer(
         model=model,
-        args=args,
+        args=_training_args(task, output_dir, seed, epochs, steps_per_epoch, bf16, logging_steps, max_grad_norm),
         train_dataset=train_tok,
         eval_dataset=eval_tok,
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         compute_metrics=lambda p: task_metrics(task, p.predictions, p.label_ids),
-        optimizers=(optimizer, scheduler),
-        callbacks=[_Collect()],
+        optimizers=build_optimization(model, task, steps_per_epoch * epochs),
+        callbacks=[collector],
     )
     t0 = time.time()
     trainer.train()
@@ -220,16 +224,10 @@ def finetune(
     if save_model_to:
         trainer.save_model(save_model_to)
         tokenizer.save_pretrained(save_model_to)
-    result = {
-        "seed": seed,
-        "epochs": evals,
-        "train_examples": len(train_tok),
-        "steps": trainer.state.global_step,
-        "train_time_s": round(train_time, 1),
-        "bf16": bool(bf16),
-    }
+    result = {"seed": seed, "epochs": collector.evals, "train_examples": len(train_tok),
+              "steps": trainer.state.global_step, "train_time_s": round(train_time, 1), "bf16": bool(bf16)}
     del trainer, model
-    if cuda:
+    if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return result
 
@@ -269,86 +267,102 @@ def run_glue(
     tok = AutoTokenizer.from_pretrained(tokenizer or model, use_fast=True)
     if not getattr(tok, "is_fast", False):
         logger.warning("tokenizer %s is not a fast tokenizer", tokenizer or model)
-
+    overrides = dict(seeds=list(seeds) if seeds else None, num_seeds=num_seeds, epochs=epochs,
+                     max_train_samples=max_train_samples, max_eval_samples=max_eval_samples)
     results: dict = {
         "model": model,
         "tokenizer": tokenizer or model,
         "data_dir": data_dir,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
-        "overrides": {k: v for k, v in dict(seeds=list(seeds) if seeds else None, num_seeds=num_seeds,
-                                            epochs=epochs, max_train_samples=max_train_samples,
-                                            max_eval_samples=max_eval_samples).items() if v is not None},
-        "tasks": {},
+        "overrides": {k: v for k, v in overrides.items() if v is not None},
+        "tasks": _finished_tasks(output_dir, model, overrides, resume),
     }
-    old_path = os.path.join(output_dir, "results.json")
-    if resume and os.path.isfile(old_path):
-        with open(old_path) as fh:
-            old = json.load(fh)
-        if old.get("model") == model and old.get("overrides") == results["overrides"]:
-            results["tasks"].update(old.get("tasks", {}))
-            if results["tasks"]:
-                logger.info("resuming %s: keeping finished tasks %s", old_path, ", ".join(results["tasks"]))
-        else:
-            logger.warning("%s is from another model or settings; overwriting it", old_path)
-    mnli_ckpt = mnli_checkpoint
-    if mnli_ckpt is None and os.path.isdir(os.path.join(output_dir, "mnli_checkpoint")) and "mnli" in results["tasks"]:
-        mnli_ckpt = os.path.join(output_dir, "mnli_checkpoint")
-    if mnli_ckpt and not os.path.isdir(mnli_ckpt):
-        raise FileNotFoundError(f"--mnli-checkpoint {mnli_ckpt} is not a folder")
-
+    mnli_ckpt = _mnli_checkpoint(mnli_checkpoint, output_dir, results["tasks"])
+    settings = dict(seeds=seeds, num_seeds=num_seeds, epochs=epochs, max_train_samples=max_train_samples,
+                    max_eval_samples=max_eval_samples, bf16=bf16, max_length=max_length,
+                    max_grad_norm=max_grad_norm, keep_mnli_checkpoint=keep_mnli_checkpoint)
     for name in names:
-        task = TASKS[name]
         if name in results["tasks"]:
-            logger.info("=== %s: already in %s, skipped", name, old_path)
+            logger.info("=== %s: already in %s, skipped", name, os.path.join(output_dir, "results.json"))
             continue
-        task_seeds = list(seeds) if seeds else list(task.seeds)
-        if num_seeds:
-            task_seeds = task_seeds[:num_seeds]
-        start = model
-        start_note = "pretrained"
-        if task.from_mnli:
-            if mnli_ckpt:
-                start, start_note = mnli_ckpt, f"mnli checkpoint {mnli_ckpt} (fresh classifier)"
-            else:
-                start_note = "pretrained (NO MNLI checkpoint: MNLI was not run and none was given)"
-                logger.warning("%s: the paper starts %s from the MNLI-fine-tuned checkpoint, but there is "
-                               "none (run mnli too, or pass --mnli-checkpoint); starting from %s",
-                               name, name.upper(), model)
-        logger.info("=== %s: lr %g, wd %g, batch %d, epochs %d, seeds %s, start: %s", name, task.lr,
-                    task.weight_decay, task.batch_size, epochs or task.epochs, task_seeds, start_note)
-
-        train, evals = load_task_data(task, data_dir)
-        runs = []
-        for i, seed in enumerate(task_seeds):
-            save_to = None
-            if name == "mnli" and i == 0 and keep_mnli_checkpoint:
-                save_to = os.path.join(output_dir, "mnli_checkpoint")
-            run = finetune(
-                task, start,
-                _subset(train, max_train_samples, seed),
-                {k: _subset(v, max_eval_samples, 0) for k, v in evals.items()},
-                tok, os.path.join(output_dir, "trainer", f"{name}_seed{seed}"), seed,
-                epochs=epochs, fresh_classifier=start != model, save_model_to=save_to,
-                bf16=bf16, max_length=max_length, max_grad_norm=max_grad_norm,
-            )
-            runs.append(run)
-            shutil.rmtree(os.path.join(output_dir, "trainer", f"{name}_seed{seed}"), ignore_errors=True)
-            if save_to:
-                mnli_ckpt = save_to
-        agg = aggregate_task(runs)
-        results["tasks"][name] = {
-            "recipe": {k: v for k, v in asdict(task).items()
-                       if k in ("lr", "weight_decay", "batch_size", "epochs", "from_mnli")},
-            "epochs_run": epochs or task.epochs,
-            "seeds": task_seeds,
-            "start": start_note,
-            "eval_examples": {k: min(len(v), max_eval_samples or len(v)) for k, v in evals.items()},
-            "runs": runs,
-            **agg,
-        }
+        results["tasks"][name], saved = _run_task(TASKS[name], model, mnli_ckpt, data_dir, output_dir, tok, settings)
+        mnli_ckpt = saved or mnli_ckpt
         _write_results(results, output_dir)  # after every task, so partial runs leave results
     return results
+
+
+def _finished_tasks(output_dir: str, model: str, overrides: dict, resume: bool) -> dict:
+    """Tasks already in ``output_dir/results.json`` from the same model and overrides (kept when resuming)."""
+    path = os.path.join(output_dir, "results.json")
+    if not (resume and os.path.isfile(path)):
+        return {}
+    with open(path) as fh:
+        old = json.load(fh)
+    if old.get("model") != model or old.get("overrides") != {k: v for k, v in overrides.items() if v is not None}:
+        logger.warning("%s is from another model or settings; overwriting it", path)
+        return {}
+    done = dict(old.get("tasks", {}))
+    if done:
+        logger.info("resuming %s: keeping finished tasks %s", path, ", ".join(done))
+    return done
+
+
+def _mnli_checkpoint(given: str | None, output_dir: str, finished: dict) -> str | None:
+    """The MNLI-fine-tuned checkpoint RTE/MRPC/STS-B start from: the one given, or this output folder's own."""
+    own = os.path.join(output_dir, "mnli_checkpoint")
+    ckpt = given
+    if ckpt is None and os.path.isdir(own) and "mnli" in finished:
+        ckpt = own
+    if ckpt and not os.path.isdir(ckpt):
+        raise GlueDataError(f"--mnli-checkpoint {ckpt} is not a folder; pass an MNLI-fine-tuned checkpoint folder")
+    return ckpt
+
+
+def _start_point(task: GlueTask, model: str, mnli_ckpt: str | None) -> tuple[str, str]:
+    """-> (checkpoint to start ``task`` from, a note for the results)."""
+    if not task.from_mnli:
+        return model, "pretrained"
+    if mnli_ckpt:
+        return mnli_ckpt, f"mnli checkpoint {mnli_ckpt} (fresh classifier)"
+    logger.warning("%s: the paper starts %s from the MNLI-fine-tuned checkpoint, but there is none (run mnli too, "
+                   "or pass --mnli-checkpoint); starting from %s", task.name, task.name.upper(), model)
+    return model, "pretrained (NO MNLI checkpoint: MNLI was not run and none was given)"
+
+
+def _run_task(task: GlueTask, model: str, mnli_ckpt, data_dir: str, output_dir: str, tok, s: dict):
+    """Every seed of one task -> (the task's results entry, the MNLI checkpoint it saved or None)."""
+    task_seeds = list(s["seeds"]) if s["seeds"] else list(task.seeds)
+    if s["num_seeds"]:
+        task_seeds = task_seeds[: s["num_seeds"]]
+    start, start_note = _start_point(task, model, mnli_ckpt)
+    logger.info("=== %s: lr %g, wd %g, batch %d, epochs %d, seeds %s, start: %s", task.name, task.lr,
+                task.weight_decay, task.batch_size, s["epochs"] or task.epochs, task_seeds, start_note)
+    train, evals = load_task_data(task, data_dir)
+    runs, saved = [], None
+    for i, seed in enumerate(task_seeds):
+        save_to = None
+        if task.name == "mnli" and i == 0 and s["keep_mnli_checkpoint"]:
+            save_to = saved = os.path.join(output_dir, "mnli_checkpoint")
+        work = os.path.join(output_dir, "trainer", f"{task.name}_seed{seed}")
+        runs.append(finetune(
+            task, start, _subset(train, s["max_train_samples"], seed),
+            {k: _subset(v, s["max_eval_samples"], 0) for k, v in evals.items()}, tok, work, seed,
+            epochs=s["epochs"], fresh_classifier=start != model, save_model_to=save_to, bf16=s["bf16"],
+            max_length=s["max_length"], max_grad_norm=s["max_grad_norm"],
+        ))
+        shutil.rmtree(work, ignore_errors=True)
+    entry = {
+        "recipe": {k: v for k, v in asdict(task).items()
+                   if k in ("lr", "weight_decay", "batch_size", "epochs", "from_mnli")},
+        "epochs_run": s["epochs"] or task.epochs,
+        "seeds": task_seeds,
+        "start": start_note,
+        "eval_examples": {k: min(len(v), s["max_eval_samples"] or len(v)) for k, v in evals.items()},
+        "runs": runs,
+        **aggregate_task(runs),
+    }
+    return entry, saved
 
 
 def _write_results(results: dict, output_dir: str) -> None:

@@ -3,7 +3,8 @@
 Everything task-specific lives in ``TASKS``: one frozen dataclass per task holding where the
 data is (GLUE tsv columns and the ``nyu-mll/glue`` Hub columns), the labels, the metrics and
 the paper's fine-tuning recipe (Portes et al. 2023, Table S2 and the original fine-tuning
-configs). The training code in ``mosaic_bert.glue.finetune`` only reads this table.
+configs, and the optimizer settings every task shares). The training code in ``mosaic_bert.glue.finetune``
+only reads this table; the optimizer and schedule themselves are ``mosaic_bert.train.optim``'s.
 
 This module is independent of the model code: nothing in ``mosaic_bert`` imports it.
 """
@@ -19,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import GlueDataError
+from ..errors import GlueDataError, MosaicBertError
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ class GlueTask:
     epochs: int = 3
     num_seeds: int = 1
     from_mnli: bool = False  # start from the MNLI-fine-tuned checkpoint (fresh classifier)
+    # decoupled AdamW (as pretraining) with one parameter group, linear warmup then linear decay to 0
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_fraction: float = 0.06
 
     @property
     def is_regression(self) -> bool:
@@ -141,7 +146,7 @@ def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
             names.extend(TASKS)
             continue
         if key not in TASKS:
-            raise ValueError(f"unknown GLUE task {s!r}; choose from {', '.join(TASKS)} or 'all'")
+            raise MosaicBertError(f"unknown GLUE task {s!r}; choose from {', '.join(TASKS)} or 'all'")
         names.append(key)
     names = list(dict.fromkeys(names))
     return sorted(names, key=lambda n: n != "mnli")
@@ -166,65 +171,73 @@ def read_glue_tsv(path: str, task: GlueTask) -> dict[str, list]:
             f"fix --data-dir, or use --data-dir hub to read nyu-mll/glue from the Hub."
         )
     with open(path, encoding="utf-8-sig", newline="") as fh:
-        rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
-    rows = [r for r in rows if r]  # tolerate blank lines
-    if task.has_header:
-        if not rows:
-            raise GlueDataError(f"{path}: empty file (expected a header line)")
-        header, rows, first_line = rows[0], rows[1:], 2
-        index = {name: i for i, name in enumerate(header)}
-        cols = []
-        for c in (*task.text_columns, task.label_column):
-            if c not in index:
-                raise GlueDataError(
-                    f"{path}: column {c!r} not found in the header {header}; {task.name} needs "
-                    f"columns {list(task.text_columns) + [task.label_column]} (is this the right "
-                    f"task folder, and a tab-separated GLUE file?)"
-                )
-            cols.append(index[c])
-        width = len(header)
-    else:
+        rows = [r for r in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE) if r]  # tolerate blank lines
+    rows, cols, width, first_line = _locate_columns(path, task, rows)
+    rows = _drop_malformed(path, rows, width, first_line)
+    out: dict[str, list] = {"text_a": [r[cols[0]] for r in rows]}
+    if len(task.text_columns) == 2:
+        out["text_b"] = [r[cols[1]] for r in rows]
+    out["label"] = _parse_labels(path, task, [r[cols[-1]].strip() for r in rows])
+    return out
+
+
+def _locate_columns(path: str, task: GlueTask, rows: list[list[str]]):
+    """-> (data rows, [text column index(es)..., label index], fields per line, file line of the first data row)."""
+    if not task.has_header:
         cols = [*task.text_columns, task.label_column]
         width = len(rows[0]) if rows else 0
-        first_line = 1
         if rows and width <= max(cols):
             raise GlueDataError(
                 f"{path}: {task.name} has no header and needs at least {max(cols) + 1} tab-separated "
                 f"columns (text in column {task.text_columns}, label in column {task.label_column}); "
                 f"the first line has {width}"
             )
-    bad = [i for i, r in enumerate(rows) if len(r) != width]
-    if bad:
-        # A handful of malformed lines (e.g. a few in the official QQP train file) are skipped,
-        # as GLUE's processors do; many mean a wrong file or separator.
-        msg = (f"{path}: {len(bad)} of {len(rows)} lines do not have {width} tab-separated fields "
-               f"(first: line {bad[0] + first_line})")
-        if len(bad) > max(10, len(rows) // 1000):
-            raise GlueDataError(msg + "; is the file tab-separated GLUE format?")
-        logger.warning("%s; skipping them", msg)
-        bad_set = set(bad)
-        rows = [r for i, r in enumerate(rows) if i not in bad_set]
+        return rows, cols, width, 1
+    if not rows:
+        raise GlueDataError(f"{path}: empty file (expected a header line)")
+    header = rows[0]
+    index = {name: i for i, name in enumerate(header)}
+    for c in (*task.text_columns, task.label_column):
+        if c not in index:
+            raise GlueDataError(
+                f"{path}: column {c!r} not found in the header {header}; {task.name} needs "
+                f"columns {list(task.text_columns) + [task.label_column]} (is this the right "
+                f"task folder, and a tab-separated GLUE file?)"
+            )
+    return rows[1:], [index[c] for c in (*task.text_columns, task.label_column)], len(header), 2
 
-    out: dict[str, list] = {"text_a": [r[cols[0]] for r in rows]}
-    if len(task.text_columns) == 2:
-        out["text_b"] = [r[cols[1]] for r in rows]
-    raw = [r[cols[-1]].strip() for r in rows]
+
+def _drop_malformed(path: str, rows: list[list[str]], width: int, first_line: int) -> list[list[str]]:
+    """A handful of malformed lines (e.g. a few in the official QQP train file) are skipped, as GLUE's processors
+    do; many mean a wrong file or separator."""
+    bad = [i for i, r in enumerate(rows) if len(r) != width]
+    if not bad:
+        return rows
+    msg = (f"{path}: {len(bad)} of {len(rows)} lines do not have {width} tab-separated fields "
+           f"(first: line {bad[0] + first_line})")
+    if len(bad) > max(10, len(rows) // 1000):
+        raise GlueDataError(msg + "; is the file tab-separated GLUE format?")
+    logger.warning("%s; skipping them", msg)
+    bad_set = set(bad)
+    return [r for i, r in enumerate(rows) if i not in bad_set]
+
+
+def _parse_labels(path: str, task: GlueTask, raw: list[str]) -> list:
+    """Label strings -> float scores (regression) or class ids in ``task.labels`` order."""
     col_name = task.label_column
     if task.is_regression:
         try:
-            out["label"] = [float(v) for v in raw]
+            return [float(v) for v in raw]
         except ValueError as e:
             raise GlueDataError(f"{path}: column {col_name!r} must hold numbers for {task.name}: {e}") from None
-    else:
-        label_id = {lab: i for i, lab in enumerate(task.labels)}
-        unknown = sorted(set(raw) - set(label_id))
-        if unknown:
-            raise GlueDataError(
-                f"{path}: column {col_name!r} holds labels {unknown[:5]} that {task.name} does not "
-                f"know; expected one of {list(task.labels)}"
-            )
-        out["label"] = [label_id[v] for v in raw]
-    return out
+    label_id = {lab: i for i, lab in enumerate(task.labels)}
+    unknown = sorted(set(raw) - set(label_id))
+    if unknown:
+        raise GlueDataError(
+            f"{path}: column {col_name!r} holds labels {unknown[:5]} that {task.name} does not "
+            f"know; expected one of {list(task.labels)}"
+        )
+    return [label_id[v] for v in raw]
 
 
 def load_task_data(task: GlueTask, data_dir: str):
@@ -304,7 +317,7 @@ def compute_metric(name: str, predictions: np.ndarray, labels: np.ndarray) -> fl
     elif name == "spearman":
         v = stats.spearmanr(predictions, labels)[0]
     else:
-        raise ValueError(f"unknown metric {name!r}")
+        raise MosaicBertError(f"unknown metric {name!r}; choose from accuracy, f1, matthews, pearson, spearman")
     v = float(v)
     return 0.0 if math.isnan(v) else 100.0 * v  # constant predictions: correlation undefined -> 0
 

@@ -1,5 +1,6 @@
 """Tests of the GLUE harness (mosaic_bert.glue.tasks, mosaic_bert.glue): CPU only, no ../shared."""
 
+import dataclasses
 import json
 import math
 import os
@@ -10,9 +11,10 @@ import pytest
 import torch
 
 from mosaic_bert.glue import tasks as gt
-from mosaic_bert.glue.tasks import TASKS, GlueDataError
+from mosaic_bert.errors import GlueDataError, MosaicBertError
+from mosaic_bert.glue.tasks import TASKS
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "glue")
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "glue")
 
 
 # ----------------------------------------------------------------------------------------
@@ -52,7 +54,7 @@ def test_resolve_tasks():
     assert gt.resolve_tasks("all")[0] == "mnli" and len(gt.resolve_tasks("all")) == 8
     assert gt.resolve_tasks("RTE,SST-2,mnli") == ["mnli", "rte", "sst2"]
     assert gt.resolve_tasks(["sts-b", "cola", "cola"]) == ["stsb", "cola"]
-    with pytest.raises(ValueError, match="unknown GLUE task 'wnli'"):
+    with pytest.raises(MosaicBertError, match="unknown GLUE task 'wnli'"):
         gt.resolve_tasks("wnli")
 
 
@@ -255,22 +257,34 @@ def test_cli_help():
     import subprocess
     import sys
 
-    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "glue.py")
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "glue.py")
     r = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--max-train-samples" in r.stdout
 
 
 def test_optimizer_and_schedule():
-    from mosaic_bert.glue.finetune import make_optimizer, make_scheduler
+    """The task table's numbers reach pretraining's decoupled AdamW and the warmup/decay schedule."""
+    from mosaic_bert.glue.finetune import build_optimization
+    from mosaic_bert.train.optim import DecoupledAdamW
+
+    task = TASKS["rte"]
+
+    def at_peak(model, **recipe):  # the schedule starts at lr 0; step it to the end of the 6-step warmup
+        opt, sched = build_optimization(model, dataclasses.replace(task, **recipe), total_steps=100)
+        for _ in range(6):
+            sched.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(recipe["lr"])
+        return opt
 
     lin = torch.nn.Linear(4, 3)
-    w0 = lin.weight.detach().clone()
-    opt = make_optimizer(lin, lr=1e-3, weight_decay=0.1)
+    opt = at_peak(lin, lr=1e-3, weight_decay=0.1)
+    assert isinstance(opt, DecoupledAdamW) and len(opt.param_groups) == 1  # one group: biases decayed too
     assert opt.param_groups[0]["betas"] == (0.9, 0.98) and opt.param_groups[0]["eps"] == 1e-6
+    w0, b0 = lin.weight.detach().clone(), lin.bias.detach().clone()
     for p in lin.parameters():
         p.grad = torch.zeros_like(p)  # Adam update 0: only the decoupled decay acts
     opt.step()
-    assert torch.allclose(lin.weight, w0 * (1 - 0.1))  # wd * lr/lr0 = 0.1 at peak lr, not lr * wd
+    assert torch.allclose(lin.weight, w0 * (1 - 0.1)) and torch.allclose(lin.bias, b0 * (1 - 0.1))
     # a state_dict round trip (accelerate / Trainer do one) keeps the decay, not a zeroing factor
     opt.load_state_dict(opt.state_dict())
     w1 = lin.weight.detach().clone()
@@ -279,14 +293,13 @@ def test_optimizer_and_schedule():
     # Adam part: with a constant gradient g the first step moves by lr * g/(|g| + eps) ~ lr
     lin2 = torch.nn.Linear(2, 1, bias=False)
     w0 = lin2.weight.detach().clone()
-    opt = make_optimizer(lin2, lr=1e-2, weight_decay=0.0)
+    opt = at_peak(lin2, lr=1e-2, weight_decay=0.0)
     lin2.weight.grad = torch.full_like(lin2.weight, 0.5)
     opt.step()
     assert torch.allclose(lin2.weight, w0 - 1e-2 * 0.5 / (0.5 + 1e-6))
 
-    opt = make_optimizer(lin, lr=1.0, weight_decay=0.0)
-    sched = make_scheduler(opt, total_steps=100)  # warmup = 6 steps
-    lrs = []
+    opt, sched = build_optimization(lin, dataclasses.replace(task, lr=1.0, weight_decay=0.0), total_steps=100)
+    lrs = []  # warmup = 6% of 100 steps
     for _ in range(100):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
