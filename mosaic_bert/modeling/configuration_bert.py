@@ -20,8 +20,8 @@ class BertConfig(_HFBertConfig):
             "flash_attn" (the flash-attn 2 package, if installed), "sdpa" or "eager" (plain matmul-softmax).
         low_precision_layernorm (bool): under bf16/fp16 autocast, run LayerNorm in that precision instead of
             autocast's fp32 (faster, as in the paper).
-        fused_geglu (bool): on CUDA, fuse the GeGLU's GELU, product and dropout into one kernel with torch.compile
-            (falls back to eager PyTorch where compiling fails).
+        fused_geglu (bool): deprecated and ignored (kept so that saved configs load). The GeGLU is plain PyTorch;
+            `torch.compile(model)` fuses it, with the rest of the layer, into a few kernels.
 
     Defaults are mosaic-bert-base's: vocab 30528 (30522 rounded up to a multiple of 64), no attention dropout.
     `max_position_embeddings` is kept for compatibility only; MosaicBERT has no position embeddings.

@@ -52,6 +52,7 @@ __all__ = [
     "is_available",
     "flash_attn_varlen_func",
     "flash_attn_varlen_qkvpacked_func",
+    "varlen_padded_layout",
 ]
 
 _LOG2E = 1.4426950408889634
@@ -677,6 +678,22 @@ class _FlashAttnVarlenQKVPacked(torch.autograd.Function):
              max_seqlen, sm_scale, causal, slopes, stride_slope_b,
              dqkv[:, 0], dqkv[:, 1], dqkv[:, 2])
         return dqkv, None, None, None, None, None, None
+
+
+def varlen_padded_layout(cu_seqlens: torch.Tensor, total: int, max_seqlen: int):
+    """Where the ``total`` unpadded tokens sit when every sequence is padded to
+    ``max_seqlen``: ``(pad_index (total,) into the (n_seqs * max_seqlen) grid,
+    key_valid (n_seqs, max_seqlen) bool)``.  Key 0 of a zero-length sequence
+    counts as valid so that no softmax row is all ``-inf`` (its outputs are
+    never gathered).  No host sync: sizes come from shapes and arguments."""
+    cu = cu_seqlens.long()
+    seqlens = cu[1:] - cu[:-1]
+    seq_id = torch.repeat_interleave(
+        torch.arange(seqlens.shape[0], device=cu.device), seqlens, output_size=total)
+    pos = torch.arange(total, device=cu.device) - cu[seq_id]
+    cols = torch.arange(max_seqlen, device=cu.device)[None, :]
+    key_valid = (cols < seqlens[:, None]) | (cols == 0)
+    return seq_id * max_seqlen + pos, key_valid
 
 
 def _prep_cu(cu):

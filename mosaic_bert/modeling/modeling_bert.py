@@ -38,6 +38,7 @@ from .bert_padding import Unpadded, index_first_axis, index_put_first_axis, pad_
 from .configuration_bert import ATTENTION_BACKENDS, BertConfig
 from .flash_attn_triton import flash_attn_varlen_qkvpacked_func as triton_varlen_qkvpacked
 from .flash_attn_triton import is_available as triton_is_available
+from .flash_attn_triton import varlen_padded_layout
 
 try:  # flash-attn 2 (has alibi_slopes): an optional alternative kernel
     from flash_attn import flash_attn_varlen_qkvpacked_func as fa2_varlen_qkvpacked
@@ -79,83 +80,115 @@ def alibi_bias(slopes: torch.Tensor, seqlen: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Attention on unpadded tokens
+# Attention on unpadded tokens: one table of implementations with one signature
 
 
 class Sequences:
-    """The sequences of one forward pass: `cu_seqlens`, `max_seqlen`, the attention backend chosen once for all layers
-    and, built once on first use by the PyTorch attention path, the layout that pads every sequence to `max_seqlen`."""
+    """The sequences of one forward pass: `cu_seqlens` (n_seqs + 1,) int32 offsets into the unpadded tokens and
+    `max_seqlen` (an upper bound on their lengths; zero-length sequences are allowed). The PyTorch attention paths
+    build, once per forward on first use, the layout that pads every sequence to `max_seqlen`."""
 
-    def __init__(self, cu_seqlens: torch.Tensor, max_seqlen: int, backend: str = "sdpa"):
-        self.cu_seqlens = cu_seqlens  # (n_seqs + 1,) int32
+    def __init__(self, cu_seqlens: torch.Tensor, max_seqlen: int):
+        self.cu_seqlens = cu_seqlens
         self.max_seqlen = max_seqlen
-        self.backend = backend
         self._padded = None
 
     @property
     def n_seqs(self) -> int:
         return self.cu_seqlens.shape[0] - 1
 
-    def padded_layout(self):
-        """(pad_index (total_nnz,) into the (n_seqs * max_seqlen) grid, key_valid (n_seqs, max_seqlen) bool)."""
+    def padded_layout(self, total: int):
+        """(pad_index (total,) into the (n_seqs * max_seqlen) grid, key_valid (n_seqs, max_seqlen) bool)."""
         if self._padded is None:
-            cu = self.cu_seqlens.long()
-            seqlens = cu[1:] - cu[:-1]
-            total = int(cu[-1])
-            seq_id = torch.repeat_interleave(torch.arange(self.n_seqs, device=cu.device), seqlens, output_size=total)
-            pos = torch.arange(total, device=cu.device) - cu[seq_id]
-            key_valid = torch.arange(self.max_seqlen, device=cu.device)[None, :] < seqlens[:, None]
-            self._padded = (seq_id * self.max_seqlen + pos, key_valid)
+            self._padded = varlen_padded_layout(self.cu_seqlens, total, self.max_seqlen)
         return self._padded
 
 
-def torch_attention(qkv, seqs: Sequences, slopes, dropout_p: float, backend: str) -> torch.Tensor:
-    """Always-correct attention: pad each sequence, add the ALiBi bias and -inf-like masking of padding keys.
-
-    qkv: (total_nnz, 3, n_heads, head_dim) -> (total_nnz, n_heads, head_dim). Padding keys get exactly zero weight.
-    """
+def _padded_qkv(qkv: torch.Tensor, seqs: Sequences):
+    """(total, 3, h, d) -> q, k, v (n_seqs, h, max_seqlen, d) with zeros at padding, the gather index back, and the
+    (n_seqs, h, L, L) fp32 bias: ALiBi, and -inf at padding keys (an empty sequence keeps key 0 so no row is all -inf)."""
     total, _, n_heads, head_dim = qkv.shape
     n, L = seqs.n_seqs, seqs.max_seqlen
-    pad_index, key_valid = seqs.padded_layout()
-    qkv = index_put_first_axis(qkv, pad_index, n * L).view(n, L, 3, n_heads, head_dim)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (n, n_heads, L, head_dim)
-    bias = alibi_bias(slopes, L)[None].masked_fill(~key_valid[:, None, None, :], float("-inf"))  # (n, h, L, L)
-    if backend == "eager":
-        scores = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(head_dim) + bias
-        probs = torch.softmax(scores, dim=-1)  # every sequence has >= 1 token, so no row is all -inf
-        probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0).to(v.dtype)
-        out = torch.matmul(probs, v)
-    else:
-        bias = bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
-    out = out.transpose(1, 2).reshape(n * L, n_heads, head_dim)  # (n * L, n_heads, head_dim)
-    return index_first_axis(out, pad_index)
+    pad_index, key_valid = seqs.padded_layout(total)
+    padded = index_put_first_axis(qkv, pad_index, n * L).view(n, L, 3, n_heads, head_dim)
+    q, k, v = padded.permute(2, 0, 3, 1, 4).unbind(0)
+    return q, k, v, pad_index, key_valid
+
+
+def _unpad_heads(out: torch.Tensor, pad_index: torch.Tensor) -> torch.Tensor:
+    """(n, h, L, d) -> (total, h, d) at the real tokens."""
+    n, h, L, d = out.shape
+    return index_first_axis(out.transpose(1, 2).reshape(n * L, h, d), pad_index)
+
+
+def eager_attention(qkv, seqs: Sequences, slopes, dropout_p: float) -> torch.Tensor:
+    """Plain matmul-softmax in fp32, with the ALiBi bias and padding masking; supports attention dropout."""
+    q, k, v, pad_index, key_valid = _padded_qkv(qkv, seqs)
+    bias = alibi_bias(slopes, seqs.max_seqlen)[None].masked_fill(~key_valid[:, None, None, :], float("-inf"))
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1]) + bias
+    probs = torch.softmax(scores, dim=-1)
+    probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0).to(v.dtype)
+    return _unpad_heads(torch.matmul(probs, v), pad_index)
+
+
+def sdpa_attention(qkv, seqs: Sequences, slopes, dropout_p: float) -> torch.Tensor:
+    """PyTorch scaled_dot_product_attention with the ALiBi bias as an additive mask; supports attention dropout."""
+    q, k, v, pad_index, key_valid = _padded_qkv(qkv, seqs)
+    bias = alibi_bias(slopes, seqs.max_seqlen)[None].masked_fill(~key_valid[:, None, None, :], float("-inf"))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p)
+    return _unpad_heads(out, pad_index)
+
+
+def triton_attention(qkv, seqs: Sequences, slopes, dropout_p: float) -> torch.Tensor:
+    """The varlen kernel with in-kernel ALiBi (`flash_attn_triton.py`); no attention dropout."""
+    return triton_varlen_qkvpacked(qkv, seqs.cu_seqlens, seqs.max_seqlen, alibi_slopes=slopes)
+
+
+def flash_attn_attention(qkv, seqs: Sequences, slopes, dropout_p: float) -> torch.Tensor:
+    """flash-attn 2's varlen kernel (optional package) with its ALiBi slopes."""
+    return fa2_varlen_qkvpacked(qkv, seqs.cu_seqlens, seqs.max_seqlen, dropout_p, alibi_slopes=slopes)
+
+
+# Every implementation: fn(qkv (total_nnz, 3, n_heads, head_dim), seqs, slopes (n_heads,) fp32, dropout_p)
+#   -> (total_nnz, n_heads, head_dim). Add a backend here and to ATTENTION_BACKENDS in configuration_bert.py.
+ATTENTION_FUNCTIONS = {
+    "triton": triton_attention,
+    "flash_attn": flash_attn_attention,
+    "sdpa": sdpa_attention,
+    "eager": eager_attention,
+}
+
+
+def torch_attention(qkv, seqs: Sequences, slopes, dropout_p: float, backend: str = "sdpa") -> torch.Tensor:
+    """The PyTorch attention paths by name ("sdpa" or "eager"), kept for callers of the earlier API."""
+    return ATTENTION_FUNCTIONS[backend](qkv, seqs, slopes, dropout_p)
 
 
 def resolve_attention_backend(config, device: torch.device, dtype: torch.dtype, dropout_p: float) -> str:
-    """Pick the attention implementation for this call. Rule: the fused kernels run without attention dropout only;
-    with dropout active (training with attention_probs_dropout_prob > 0) attention takes the PyTorch SDPA path."""
+    """The one place that picks the attention implementation, from the config, the device, the activation dtype
+    (the autocast dtype when autocast is on) and whether attention dropout is active. "auto": the Triton kernel on
+    CUDA in fp16/bf16 without attention dropout, else flash-attn 2 if installed, else SDPA. The fused kernels have no
+    attention dropout: with dropout active an explicit "triton" falls back to SDPA with a one-time warning."""
     backend = getattr(config, "attention_backend", "auto") or "auto"
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"config.attention_backend={backend!r} is not one of {ATTENTION_BACKENDS}")
-    half = dtype in (torch.float16, torch.bfloat16)
+    fast_ok = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+    needs = {
+        "triton": (fast_ok and triton_is_available(), "triton, a CUDA device and fp16/bf16 activations (bf16 autocast)"),
+        "flash_attn": (fast_ok and fa2_varlen_qkvpacked is not None, "the flash-attn package on a CUDA device in fp16/bf16"),
+    }
     if backend == "auto":
-        if device.type == "cuda" and half and dropout_p == 0.0 and triton_is_available():
-            return "triton"
-        if device.type == "cuda" and half and fa2_varlen_qkvpacked is not None:
-            return "flash_attn"
+        usable = [name for name in ("triton", "flash_attn") if needs[name][0]]
+        usable = [name for name in usable if dropout_p == 0.0 or name == "flash_attn"]
+        return usable[0] if usable else "sdpa"
+    if backend in needs and not needs[backend][0]:
+        raise RuntimeError(
+            f"attention_backend={backend!r} needs {needs[backend][1]}; "
+            "set attention_backend='auto' to fall back to PyTorch attention elsewhere."
+        )
+    if backend == "triton" and dropout_p > 0.0:
+        logger.warning_once("Attention dropout is active: attention runs on the PyTorch SDPA path, not Triton.")
         return "sdpa"
-    if backend == "triton":
-        if not (device.type == "cuda" and half and triton_is_available()):
-            raise RuntimeError(
-                "attention_backend='triton' needs triton, a CUDA device and fp16/bf16 activations (use bf16 autocast); "
-                "set attention_backend='auto' to fall back to PyTorch attention elsewhere."
-            )
-        if dropout_p > 0.0:
-            logger.warning_once("Attention dropout is active: attention runs on the PyTorch SDPA path, not Triton.")
-            return "sdpa"
-    if backend == "flash_attn" and fa2_varlen_qkvpacked is None:
-        raise RuntimeError("attention_backend='flash_attn' needs the flash-attn package: pip install flash-attn")
     return backend
 
 
@@ -219,18 +252,11 @@ class BertUnpadSelfAttention(nn.Module):
         self.p_dropout = config.attention_probs_dropout_prob
         self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor, seqs: Sequences) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, seqs: Sequences, attention_fn) -> torch.Tensor:
         # (total_nnz, hidden) -> (total_nnz, 3, n_heads, head_dim)
         qkv = self.Wqkv(hidden_states).view(-1, 3, self.num_heads, self.head_dim)
         dropout_p = self.p_dropout if self.training else 0.0
-        slopes = alibi_slopes(self.num_heads, qkv.device)
-        backend = seqs.backend
-        if backend == "triton":
-            out = triton_varlen_qkvpacked(qkv, seqs.cu_seqlens, seqs.max_seqlen, alibi_slopes=slopes)
-        elif backend == "flash_attn":
-            out = fa2_varlen_qkvpacked(qkv, seqs.cu_seqlens, seqs.max_seqlen, dropout_p, alibi_slopes=slopes)
-        else:
-            out = torch_attention(qkv, seqs, slopes, dropout_p, backend)
+        out = attention_fn(qkv, seqs, alibi_slopes(self.num_heads, qkv.device), dropout_p)
         return out.reshape(-1, self.num_heads * self.head_dim)  # (total_nnz, hidden)
 
 
@@ -253,35 +279,18 @@ class BertUnpadAttention(nn.Module):
         self.self = BertUnpadSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, hidden_states, seqs: Sequences, subset_idx=None) -> torch.Tensor:
-        context = self.self(hidden_states, seqs)
+    def forward(self, hidden_states, seqs: Sequences, attention_fn, subset_idx=None) -> torch.Tensor:
+        context = self.self(hidden_states, seqs, attention_fn)
         if subset_idx is not None:  # keep only the tokens whose outputs are needed (last layer under MLM)
             context = index_first_axis(context, subset_idx)
             hidden_states = index_first_axis(hidden_states, subset_idx)
         return self.output(context, hidden_states)
 
 
-def _gelu_gate(gated: torch.Tensor, non_gated: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    return F.dropout(F.gelu(gated) * non_gated, p, training)  # exact GELU
-
-
-_compiled_gelu_gate = None  # None: not tried yet; False: unavailable here
-
-
-def gelu_gate(gated, non_gated, p: float, training: bool, fused: bool) -> torch.Tensor:
-    """dropout(GELU(gated) * non_gated). Eager PyTorch makes three passes over (total_nnz, intermediate) tensors
-    (plus their backward); with `fused` on CUDA, torch.compile makes it one kernel each way. Falls back to eager,
-    with a one-time warning, where compiling fails."""
-    global _compiled_gelu_gate
-    if fused and gated.is_cuda and _compiled_gelu_gate is not False:
-        try:
-            if _compiled_gelu_gate is None:
-                _compiled_gelu_gate = torch.compile(_gelu_gate, dynamic=True)
-            return _compiled_gelu_gate(gated, non_gated, p, training)
-        except Exception as err:  # no compiler toolchain, unsupported platform, ...
-            logger.warning_once(f"fused GeGLU unavailable ({type(err).__name__}: {err}); using eager PyTorch.")
-            _compiled_gelu_gate = False
-    return _gelu_gate(gated, non_gated, p, training)
+def gelu_gate(gated: torch.Tensor, non_gated: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """dropout(GELU(gated) * non_gated), exact GELU. Plain PyTorch: compile the model (`torch.compile(model)`) and
+    Inductor fuses it with its neighbours into one kernel each way."""
+    return F.dropout(F.gelu(gated) * non_gated, p, training)
 
 
 class BertGatedLinearUnitMLP(nn.Module):
@@ -291,7 +300,6 @@ class BertGatedLinearUnitMLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.intermediate_size = config.intermediate_size
-        self.fused = getattr(config, "fused_geglu", True)
         self.gated_layers = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.wo = nn.Linear(config.intermediate_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -301,7 +309,7 @@ class BertGatedLinearUnitMLP(nn.Module):
         residual = hidden_states
         gated, non_gated = self.gated_layers(hidden_states).split(self.intermediate_size, dim=-1)
         # (total_nnz, intermediate)
-        hidden_states = gelu_gate(gated, non_gated, self.dropout.p, self.training, self.fused)
+        hidden_states = gelu_gate(gated, non_gated, self.dropout.p, self.training)
         return self.layernorm(self.wo(hidden_states) + residual)
 
 
@@ -311,8 +319,8 @@ class BertLayer(GradientCheckpointingLayer):
         self.attention = BertUnpadAttention(config)
         self.mlp = BertGatedLinearUnitMLP(config)
 
-    def forward(self, hidden_states, seqs: Sequences = None, subset_idx=None) -> torch.Tensor:
-        return self.mlp(self.attention(hidden_states, seqs, subset_idx))
+    def forward(self, hidden_states, seqs: Sequences = None, attention_fn=None, subset_idx=None) -> torch.Tensor:
+        return self.mlp(self.attention(hidden_states, seqs, attention_fn, subset_idx))
 
 
 class BertEncoder(nn.Module):
@@ -320,13 +328,13 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
 
-    def forward(self, hidden_states, seqs: Sequences, subset_idx=None, output_hidden_states=False):
+    def forward(self, hidden_states, seqs: Sequences, attention_fn, subset_idx=None, output_hidden_states=False):
         """(total_nnz, hidden) -> (total_nnz or n_subset, hidden), and every layer's input if asked.
         With `subset_idx`, the last layer computes its outputs only at those tokens (attention still sees all)."""
         all_hidden = [hidden_states] if output_hidden_states else None
         last = len(self.layer) - 1
         for i, layer in enumerate(self.layer):
-            hidden_states = layer(hidden_states, seqs=seqs, subset_idx=subset_idx if i == last else None)
+            hidden_states = layer(hidden_states, seqs, attention_fn, subset_idx if i == last else None)
             if output_hidden_states:
                 all_hidden.append(hidden_states)
         return hidden_states, all_hidden
@@ -485,6 +493,14 @@ class BertModel(BertPreTrainedModel):
     def get_input_embeddings(self):
         return self.embeddings.word_embeddings
 
+    def _attention_function(self, hidden: torch.Tensor):
+        """The attention implementation for every layer of this forward: it depends on the device, the activation
+        dtype and whether attention dropout is active, which are known only here (autocast is a runtime setting)."""
+        device = hidden.device
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else hidden.dtype
+        dropout_p = self.config.attention_probs_dropout_prob if self.training else 0.0
+        return ATTENTION_FUNCTIONS[resolve_attention_backend(self.config, device, dtype, dropout_p)]
+
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
@@ -527,16 +543,12 @@ class BertModel(BertPreTrainedModel):
             index_first_axis(inputs_embeds.reshape(batch * seqlen, -1), u.indices) if inputs_embeds is not None else None
         )
         hidden = self.embeddings(flat_ids, token_type_ids.reshape(-1)[u.indices], flat_embeds)  # (total_nnz, hidden)
-        # One attention backend for every layer: it depends on device, activation dtype and dropout, not the layer.
-        device = hidden.device
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else hidden.dtype
-        dropout_p = self.config.attention_probs_dropout_prob if self.training else 0.0
-        seqs = Sequences(u.cu_seqlens, u.max_seqlen, resolve_attention_backend(self.config, device, dtype, dropout_p))
+        seqs = Sequences(u.cu_seqlens, u.max_seqlen)
 
         subset_idx = None
         if masked_tokens_mask is not None and not output_hidden_states:
             subset_idx = torch.nonzero(masked_tokens_mask.reshape(-1)[u.indices], as_tuple=False).flatten()
-        hidden, all_hidden = self.encoder(hidden, seqs, subset_idx, output_hidden_states)
+        hidden, all_hidden = self.encoder(hidden, seqs, self._attention_function(hidden), subset_idx, output_hidden_states)
 
         if subset_idx is not None:
             sequence_output = hidden  # (n_masked, hidden)

@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULE_PATH = os.path.join(ROOT, "mosaic_bert", "modeling", "flash_attn_triton.py")
 CHILD = os.environ.get("MOSAIC_FA_INTERP_CHILD") == "1"
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"

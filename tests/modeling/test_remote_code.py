@@ -1,5 +1,6 @@
 """A saved folder works as transformers remote code in a fresh process where `mosaic_bert` cannot be imported."""
 
+import ast
 import json
 import os
 import subprocess
@@ -11,6 +12,10 @@ from transformers import AutoTokenizer
 
 from conftest import BERT_TOKENIZER, perturb_, tiny_config
 from mosaic_bert import BertForMaskedLM, BertForSequenceClassification
+from mosaic_bert.modeling import __file__ as MODELING_INIT
+
+SHIPPED = ("configuration_bert.py", "modeling_bert.py", "bert_padding.py", "flash_attn_triton.py")
+ALLOWED_TOP_LEVEL = {"torch", "transformers", "triton", "flash_attn", "functools", "math", "os", "typing"}
 
 CHILD = textwrap.dedent(
     r"""
@@ -90,3 +95,30 @@ def test_saved_folder_loads_as_remote_code_in_fresh_process(tmp_path):
     answers = report["fill_mask"]
     assert len(answers) == 5 and all(0.0 <= a["score"] <= 1.0 for a in answers)
     assert all(a["sequence"].startswith("i ") and a["sequence"].endswith("to the store yesterday.") for a in answers)
+
+
+def _imports(source: str):
+    """(level, top-level module) of every import statement, at any depth (guarded imports included)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            yield from ((0, alias.name.split(".")[0]) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            yield node.level, (node.module or "").split(".")[0]
+
+
+def test_shipped_files_import_only_torch_transformers_triton_and_each_other():
+    """The four files travel alone next to the weights: they may import torch, transformers, an optional triton (and
+    the optional flash-attn package), the standard library modules listed, and each other by relative import."""
+    folder = os.path.dirname(MODELING_INIT)
+    assert sorted(p for p in os.listdir(folder) if p.endswith(".py")) == sorted(SHIPPED + ("__init__.py",))
+    local = {name[:-3] for name in SHIPPED}
+    bad = []
+    for name in SHIPPED:
+        with open(os.path.join(folder, name)) as f:
+            for level, top in _imports(f.read()):
+                ok = top in local if level else top in ALLOWED_TOP_LEVEL
+                if not ok:
+                    bad.append(f"{name}: {'.' * level}{top}")
+    assert not bad, f"shipped model files import outside torch/transformers/triton/each other: {bad}"
+    # the check can fail: a tooling import is caught
+    assert [t for _, t in _imports("from mosaic_bert.train import flops")] == ["mosaic_bert"]
