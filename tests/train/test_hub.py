@@ -10,7 +10,7 @@ import pytest
 from mosaic_bert.train.export import files_to_publish, push_folder, write_model_card
 from mosaic_bert.train.config import load_recipe
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def fake_run_folder(tmp_path):

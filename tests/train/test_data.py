@@ -12,7 +12,7 @@ from mosaic_bert.train.data import (DataError, TokenizedSplit, TrainMicrobatches
 from mosaic_bert.train.masking import MLMMasker
 from mosaic_bert.train.config import DataConfig
 
-SMALL = Path(__file__).parent / "fixtures" / "pretrain" / "pydocs_small.txt"
+SMALL = Path(__file__).resolve().parents[1] / "fixtures" / "pretrain" / "pydocs_small.txt"
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_hub_streaming_path_on_local_files(tmp_path, tokenizer, docs, monkeypatc
 def test_train_tokenizer_cli(tmp_path):
     import subprocess
     import sys
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     p = subprocess.run([sys.executable, str(root / "scripts" / "train_tokenizer.py"), str(SMALL), "--vocab-size", "300",
                         "--out", str(tmp_path / "wp")], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr

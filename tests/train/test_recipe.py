@@ -9,7 +9,7 @@ import pytest
 from mosaic_bert.train.config import (RecipeError, check_batch, duration_to_steps, load_recipe,
                                 warmup_steps)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_tiny_default_yaml_is_the_embedded_default():

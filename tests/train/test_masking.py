@@ -58,7 +58,7 @@ def test_matches_transformers_collator_statistics():
     import torch
     from transformers import AutoTokenizer, DataCollatorForLanguageModeling
     from pathlib import Path
-    tok = AutoTokenizer.from_pretrained(str(Path(__file__).parent / "fixtures" / "bert-base-uncased"))
+    tok = AutoTokenizer.from_pretrained(str(Path(__file__).resolve().parents[1] / "fixtures" / "bert-base-uncased"))
     text = ["the quick brown fox jumps over the lazy dog and keeps running far away"] * 2000
     enc = tok(text, padding="max_length", max_length=24, truncation=True, return_tensors="np")
     ids = enc["input_ids"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ROOT / "tests" / "fixtures" / "pretrain" / "pydocs_small.txt"
 SCRIPT = ROOT / "scripts" / "pretrain.py"
 
