@@ -2,11 +2,17 @@
 """Benchmarks for mosaic-bert.  Modes are registered in ``MODES``; add new ones
 with the ``@mode("name")`` decorator.
 
-    python benchmarks/benchmark.py attention --out benchmarks/results
-    python benchmarks/benchmark.py model --out benchmarks/results
+    python benchmarks/benchmark.py compare --out DIR          # the default mode (GPU; see benchmarks/compare_gpu.sh)
+    python benchmarks/benchmark.py compare --smoke --out DIR  # the same matrix on CPU, tiny configs, one step
+    python benchmarks/benchmark.py attention --out DIR
 
-model: training-step time of MosaicBERT-base (Triton / SDPA attention, fused / eager GeGLU) against transformers'
-BertForMaskedLM at batch 256 x 128, full rows and ~60% fill (see model_mode).
+compare: one process, one table. Models: transformers' BertForMaskedLM with SDPA attention (eager and under
+torch.compile), ModernBERT-base with SDPA, and MosaicBERT-base (eager and under torch.compile; a model that fails to
+build, compile or run becomes an error row, the run goes on). Cases (``CASES``): training steps at 256x128 and
+512x128 with 25 % and 0 % padding, 64x512 and 32x1024 with 25 %; inference forwards at L 128/512/1024 with 25 %
+padding (~64k tokens per batch). Per row: real tokens/s, median step ms, MFU, peak memory, and for ours the ratio
+to the best peer. Writes compare_<tag>.{json,md,png} (environment included) to --out. ``--only`` picks cases and
+models by pattern, ``--budget-s`` bounds the whole run (rows past it are recorded as skipped).
 
 attention: forward+backward time (median of triton.testing.do_bench) and peak
 extra memory of one attention layer on a varlen batch of ~16k real tokens at
@@ -23,18 +29,23 @@ extra memory of one attention layer on a varlen batch of ~16k real tokens at
 """
 
 import argparse
+import fnmatch
+import gc
 import importlib.util
 import inspect
 import json
 import math
 import os
+import statistics
+import subprocess
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from mosaic_bert.modeling import flash_attn_triton
 from mosaic_bert.modeling.modeling_bert import alibi_bias, alibi_slopes_list
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -361,7 +372,8 @@ def run_attention(args):
     if not torch.cuda.is_available():
         raise SystemExit("attention benchmark needs a CUDA GPU")
     import triton
-    fa = flash_attn_triton
+
+    from mosaic_bert.modeling import flash_attn_triton as fa
     Ls = [int(x) for x in args.lengths.split(",")]
     env = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                triton=triton.__version__, heads=args.heads, headdim=args.headdim,
@@ -400,119 +412,449 @@ def run_attention(args):
     print("\n".join(goals))
 
 
-MODEL_PEAK = 989e12  # H100 SXM dense bf16
+# ----------------------------------------------------------------------
+# compare: ours against the peers, one process, same batches
+# ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    """One benchmark shape: ``kind`` "train" (fwd + bwd + fused AdamW, bf16 autocast, 30 % masking, MLM loss) or
+    "infer" (bf16 weights, no grad, the encoder's last_hidden_state); ``pad`` is the mean padding fraction."""
+    kind: str
+    batch: int
+    seqlen: int
+    pad: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.batch}x{self.seqlen}-pad{round(self.pad * 100)}"
+
+    def smoke(self) -> "Case":
+        """The same case at CPU-smoke size (a few rows of 16..64 tokens)."""
+        return Case(self.kind, max(2, self.batch // 128), max(16, self.seqlen // 16), self.pad)
 
 
-def _model_batch(batch, seqlen, fill, vocab, mask_prob, device, seed=0):
+# headline cases first: with --budget-s the tail is what gets skipped
+CASES = (
+    Case("train", 256, 128, 0.25), Case("infer", 512, 128, 0.25), Case("infer", 128, 512, 0.25),
+    Case("infer", 64, 1024, 0.25), Case("train", 256, 128, 0.0), Case("train", 512, 128, 0.25),
+    Case("train", 512, 128, 0.0), Case("train", 64, 512, 0.25), Case("train", 32, 1024, 0.25),
+)
+MASK_PROB = 0.3
+BATCH_VOCAB = 30522  # token ids are drawn below every model's vocabulary (BERT's, ModernBERT's is larger)
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=1024)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model in the comparison. ``ours``: counted against the best peer; ``real_flops``: MFU charges the work on
+    real tokens only (ours unpads), else the padded work (peers run every position)."""
+    name: str
+    build: Callable  # (kind "train" | "infer", tiny: bool) -> nn.Module on the default device
+    compiled: bool = False
+    ours: bool = False
+    real_flops: bool = False
+
+
+def _hf_bert(kind, tiny):
+    import transformers
+
+    cfg = transformers.BertConfig(attn_implementation="sdpa", **(TINY if tiny else dict(vocab_size=30528)))
+    if kind == "train":
+        return transformers.BertForMaskedLM(cfg)
+    return transformers.BertModel(cfg, add_pooling_layer=False)
+
+
+def _modernbert(kind, tiny):
+    import transformers
+
+    small = dict(TINY, intermediate_size=96, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+                 sep_token_id=2, local_attention=16) if tiny else {}
+    cfg = transformers.ModernBertConfig(attn_implementation="sdpa", **small)  # ModernBERT-base by default
+    if kind == "train":
+        return transformers.ModernBertForMaskedLM(cfg)
+    return transformers.ModernBertModel(cfg)
+
+
+def _ours(kind, tiny):
+    from mosaic_bert import BertConfig, BertForMaskedLM, BertModel
+
+    cfg = BertConfig(**(TINY if tiny else {}))
+    if kind == "train":
+        return BertForMaskedLM(cfg)
+    return BertModel(cfg, add_pooling_layer=False)
+
+
+MODELS = (
+    ModelSpec("hf-bert-sdpa", _hf_bert),
+    ModelSpec("hf-bert-sdpa-compiled", _hf_bert, compiled=True),
+    ModelSpec("modernbert-base-sdpa", _modernbert),
+    ModelSpec("ours", _ours, ours=True, real_flops=True),
+    ModelSpec("ours-compiled", _ours, compiled=True, ours=True, real_flops=True),
+)
+
+
+def case_batches(case: Case, n: int, vocab: int, seed: int) -> list[dict]:
+    """``n`` CPU batches: lengths uniform on [(1 - 2 pad) L, L] (mean padding ``pad``), 30 % of the real tokens
+    labelled for MLM (training cases). Same seed, same batches for every model."""
     g = torch.Generator().manual_seed(seed)
-    if fill >= 1.0:
-        lengths = torch.full((batch,), seqlen)
-    else:
-        lengths = torch.randint(int(seqlen * (2 * fill - 1)), seqlen + 1, (batch,), generator=g).clamp(8, seqlen)
-    mask = (torch.arange(seqlen)[None] < lengths[:, None]).long()
-    ids = torch.randint(1000, vocab - 100, (batch, seqlen), generator=g) * mask
-    labels = torch.where((torch.rand(batch, seqlen, generator=g) < mask_prob) & mask.bool(), ids, -100)
-    return {k: v.to(device) for k, v in dict(input_ids=ids, attention_mask=mask, labels=labels).items()}
+    out = []
+    for _ in range(n):
+        lo = max(1, round((1 - 2 * case.pad) * case.seqlen))
+        lens = torch.randint(lo, case.seqlen + 1, (case.batch,), generator=g)
+        mask = (torch.arange(case.seqlen)[None] < lens[:, None]).long()
+        ids = torch.randint(5, vocab, (case.batch, case.seqlen), generator=g) * mask
+        b = dict(input_ids=ids, attention_mask=mask)
+        if case.kind == "train":
+            picked = (torch.rand(case.batch, case.seqlen, generator=g) < MASK_PROB) & mask.bool()
+            b["labels"] = torch.where(picked, ids, -100)
+        out.append(b)
+    return out
 
 
-def _model_step_time(model, batch, steps=20, warmup=5):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    model.train()
-    for i in range(warmup + steps):
-        if i == warmup:
-            torch.cuda.synchronize()
+def work_stats(case: Case, batches: list[dict], real: bool) -> tuple[float, float, float]:
+    """Mean per batch of (tokens the weight matmuls run on, sum of attended length squared, MLM head positions)."""
+    stats = []
+    for b in batches:
+        lens = b["attention_mask"].sum(1).double()
+        if real:
+            head = float((b["labels"] != -100).sum()) if "labels" in b else 0.0
+            stats.append((float(lens.sum()), float((lens * lens).sum()), head))
+        else:
+            n = case.batch * case.seqlen
+            stats.append((float(n), float(n * case.seqlen), float(n) if "labels" in b else 0.0))
+    return tuple(sum(s[i] for s in stats) / len(stats) for i in range(3))
+
+
+def model_flops(model, case: Case, batches: list[dict], real: bool) -> float:
+    """FLOPs of one step (mean over the batches), from mosaic_bert.train.flops: training = fwd + bwd; inference =
+    forward only (a third) and no MLM head."""
+    from mosaic_bert.train.flops import model_flop_params, step_flops
+
+    tokens, attn_sq, head = work_stats(case, batches, real)
+    flops = step_flops(*model_flop_params(model), model.config.num_hidden_layers, tokens, attn_sq, head)
+    return flops if case.kind == "train" else flops / 3.0
+
+
+class _Timer:
+    """Per-step wall time: CUDA events on the stream (include any host stall inside the step), else perf_counter."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.marks = cuda, []
+
+    def __call__(self, fn):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            self.marks.append((start, end))
+        else:
             t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(**batch).loss
+            fn()
+            self.marks.append(time.perf_counter() - t0)
+
+    def seconds(self) -> list[float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [s.elapsed_time(e) / 1e3 for s, e in self.marks]
+        return list(self.marks)
+
+
+def make_step(model, case: Case, amp: bool, device: str):
+    """-> step(batch): one training step (autocast bf16 when ``amp``, MLM loss, fused AdamW) or one inference
+    forward (no grad, encoder output)."""
+    if case.kind == "infer":
+        model.eval()
+
+        def infer(b):
+            with torch.no_grad():
+                return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+        return infer
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if device == "cuda" else {}))
+
+    def train(b):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+            loss = model(**b).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / steps
+    return train
 
 
-@mode("model")
-def model_mode(args):
-    """Training step (fwd + bwd + fused AdamW, bf16 autocast) of MosaicBERT-base with Triton and SDPA attention,
-    with and without the fused GeGLU, against transformers' BertForMaskedLM; full rows and ~60% fill; real tokens/s.
-    MFU: the pretraining loop's FLOP count (`mosaic_bert.train.flops.step_flops`: weight matmuls, attention over each
-    attended sequence, the MLM decoder where it runs; HF BERT is charged its padded work) over 989 TFLOP/s."""
+def _graph_breaks(clear: bool = False) -> int:
+    from torch._dynamo.utils import counters
+
+    n = int(sum(counters["graph_break"].values()))
+    if clear:
+        counters["graph_break"].clear()
+    return n
+
+
+def measure(spec: ModelSpec, case: Case, batches: list[dict], args) -> dict:
+    """Build ``spec`` for ``case``, warm up (compiling, if so), time ``args.steps`` steps. Raises on failure."""
+    cuda = args.device == "cuda"
+    torch.manual_seed(0)
+    with torch.device(args.device):
+        model = spec.build(case.kind, args.smoke)
+    if case.kind == "infer" and cuda:
+        model = model.to(torch.bfloat16)  # bf16 weights, as served
+    row = dict(params=sum(p.numel() for p in model.parameters()),
+               flops=model_flops(model, case, batches, spec.real_flops))
+    if spec.compiled:
+        model = torch.compile(model, mode=args.compile_mode, backend=args.compile_backend)
+    step = make_step(model, case, amp=cuda, device=args.device)
+    t0 = time.perf_counter()
+    step(batches[0])  # the first call compiles (compiled rows)
+    if cuda:
+        torch.cuda.synchronize()
+    row["first_step_s"] = time.perf_counter() - t0
+    for i in range(1, args.warmup):
+        step(batches[i % len(batches)])
+    timer = _Timer(cuda)
+    for i in range(args.steps):
+        timer(lambda b=batches[i % len(batches)]: step(b))
+    secs = timer.seconds()
+    real = sum(float(batches[i % len(batches)]["attention_mask"].sum()) for i in range(args.steps)) / args.steps
+    med = statistics.median(secs)
+    row.update(step_ms=med * 1e3, mean_step_ms=statistics.fmean(secs) * 1e3, real_tokens_per_step=real,
+               tokens_per_s=real / med)
+    if spec.compiled:
+        row["graph_breaks"] = _graph_breaks()
+    return row
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def run_row(spec: ModelSpec, case: Case, batches: list[dict], args, peak) -> dict:
+    """One (case, model) row; any failure is recorded in the row, never raised."""
+    row = dict(case=case.name, kind=case.kind, batch=case.batch, seqlen=case.seqlen, pad=case.pad, model=spec.name,
+               ours=spec.ours, compiled=spec.compiled, flops_counted="real tokens" if spec.real_flops else "padded")
+    if spec.compiled:
+        torch._dynamo.reset()  # a fresh compile per row: no cache limits hit, no graphs kept from other shapes
+        _graph_breaks(clear=True)
+    _free(args.device)
+    try:
+        row.update(measure(spec, case, batches, args))
+        if peak:
+            row["mfu"] = row["flops"] / (row["step_ms"] / 1e3) / peak
+        if args.device == "cuda":
+            row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    except Exception as e:  # noqa: BLE001 -- a model that fails (e.g. does not compile) is a result, not a crash
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        row["error"] = f"{type(e).__name__}: {first[:300]}"
+        if args.verbose:
+            traceback.print_exc()
+    _free(args.device)
+    return row
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """On each of our rows: ``vs_best_peer`` = its tokens/s over the best peer's in the same case (and which)."""
+    for case in dict.fromkeys(r["case"] for r in rows):
+        peers = [r for r in rows if r["case"] == case and not r["ours"] and "tokens_per_s" in r]
+        best = max(peers, key=lambda r: r["tokens_per_s"], default=None)
+        for r in rows:
+            if r["case"] == case and r["ours"] and best is not None and "tokens_per_s" in r:
+                r["best_peer"] = best["model"]
+                r["vs_best_peer"] = r["tokens_per_s"] / best["tokens_per_s"]
+
+
+def select(only: str | None, cases, models):
+    """``--only``: comma list of fnmatch patterns; those matching case names pick cases, those matching model
+    names pick models (all of either when none of the patterns names one)."""
+    if not only:
+        return list(cases), list(models)
+    pats = [p for p in only.split(",") if p]
+    pc = [p for p in pats if any(fnmatch.fnmatch(c.name, p) for c in cases)]
+    pm = [p for p in pats if any(fnmatch.fnmatch(m.name, p) for m in models)]
+    unknown = sorted(set(pats) - set(pc) - set(pm))
+    if unknown:
+        raise SystemExit(f"--only {unknown}: no case or model matches; cases: {', '.join(c.name for c in cases)}; "
+                         f"models: {', '.join(m.name for m in models)}")
+    pick = [c for c in cases if not pc or any(fnmatch.fnmatch(c.name, p) for p in pc)]
+    return pick, [m for m in models if not pm or any(fnmatch.fnmatch(m.name, p) for p in pm)]
+
+
+def environment(device: str) -> dict:
+    import platform
+
     import transformers
 
-    from mosaic_bert import BertConfig, BertForMaskedLM
-    from mosaic_bert.train.flops import batch_stats, model_flop_params, step_flops
+    env = dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
+               device=device)
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    if device == "cuda":
+        env.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
+        try:
+            q = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit",
+                                "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+            env["nvidia_smi"] = q.stdout.strip().splitlines()[0] if q.returncode == 0 else q.stderr.strip()[:200]
+        except (OSError, subprocess.SubprocessError) as e:
+            env["nvidia_smi"] = f"unavailable: {e}"
+    try:
+        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                       text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["commit"] = None
+    return env
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = "cuda"
-    rows = []
-    for fill in (1.0, 0.6):
-        for name in ("mosaic-triton", "mosaic-triton-eager-geglu", "mosaic-sdpa", "hf-bert-sdpa"):
-            torch.manual_seed(0)
-            if name.startswith("mosaic"):
-                cfg = BertConfig(attention_backend=name.split("-")[1], fused_geglu="eager-geglu" not in name)
-                model = BertForMaskedLM(cfg)
-                mask_prob = 0.3
-            else:
-                cfg = transformers.BertConfig(vocab_size=30528, attn_implementation="sdpa")
-                model = transformers.BertForMaskedLM(cfg)
-                mask_prob = 0.15
-            model = model.to(dev)
-            batch = _model_batch(args.batch, args.seqlen, fill, cfg.vocab_size, mask_prob, dev)
-            n_tokens = int(batch["attention_mask"].sum())
-            try:
-                sec = _model_step_time(model, batch)
-                tps = n_tokens / sec
-                family = "mosaic" if name.startswith("mosaic") else "hf"
-                mfu = step_flops(*model_flop_params(model), cfg.num_hidden_layers, *batch_stats(batch, family))
-                mfu = mfu / sec / MODEL_PEAK
-                mem = torch.cuda.max_memory_allocated() / 2**30
-                rows.append(dict(model=name, fill=fill, step_ms=sec * 1e3, tokens_per_s=tps, mfu=mfu, peak_gib=mem))
-            except Exception as e:  # report, keep going
-                rows.append(dict(model=name, fill=fill, error=repr(e)[:200]))
-            print(rows[-1], flush=True)
-            del model
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+
+def compare_markdown(rows: list[dict], env: dict, args) -> str:
+    gpu = env.get("gpu", "CPU (smoke: tiny configs, fp32, not a measurement)")
     lines = [
-        f"# MosaicBERT-base training step, {torch.cuda.get_device_name()}, batch {args.batch} x {args.seqlen}, bf16",
-        "",
-        f"torch {torch.__version__}, transformers {transformers.__version__}. Step = fwd + bwd + fused AdamW; "
-        "MosaicBERT masks 30%, HF BERT 15% (each model's recipe). tokens/s counts real (non-padding) tokens. "
-        "Hidden dropout 0.1 everywhere. `eager-geglu`: MosaicBERT with config.fused_geglu=False. MFU: the pretraining "
-        "loop's FLOP count (mosaic_bert.train.flops.step_flops; HF BERT charged its padded work) over 989 TFLOP/s.",
-        "",
-        "| model | fill | step (ms) | tokens/s | MFU | peak mem (GiB) |",
-        "|---|---|---|---|---|---|",
+        f"# MosaicBERT vs peers, one run on {gpu}", "",
+        f"torch {env['torch']}, transformers {env['transformers']}, triton {env['triton']}, "
+        f"driver/max SM clock/power limit: {env.get('nvidia_smi', 'n/a')}, commit {env.get('commit')}.", "",
+        f"Training: fwd + bwd + fused AdamW, bf16 autocast, {MASK_PROB:.0%} of real tokens labelled, MLM loss (ours "
+        "runs its last layer and head at the labelled tokens only; HF BERT and ModernBERT run them everywhere). "
+        "Inference: bf16 weights, no grad, the encoder's last_hidden_state (no MLM head) for every model. "
+        "Each model with its own default config (HF BERT: hidden and attention dropout 0.1; ours: hidden dropout "
+        "0.1, none in attention; ModernBERT-base: none), random init. Lengths uniform with the stated mean padding; "
+        "the same batches for every model. tokens/s counts real (non-padding) tokens per median step; step = median "
+        f"of {args.steps} timed steps after {args.warmup} warmup steps (CUDA events). MFU: "
+        "mosaic_bert.train.flops.step_flops (ours charged its real-token work, the peers their padded work, "
+        "ModernBERT its own parameters) over the GPU's dense bf16 peak. Compiled: torch.compile(model, "
+        f"mode={args.compile_mode!r}); first step s includes compiling. vs best peer: ours / the fastest peer in the "
+        "same case.", "",
+        "| case | model | real tok/s | step ms | MFU | peak GiB | vs best peer | first step s | note |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['model']} | {r['fill']:.0%} | error: {r['error']} | | | |")
-        else:
-            lines.append(f"| {r['model']} | {r['fill']:.0%} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | "
-                         f"{r['mfu']:.1%} | {r['peak_gib']:.1f} |")
-    (out / f"model_step_{args.tag}.md").write_text("\n".join(lines) + "\n")
-    (out / f"model_step_{args.tag}.json").write_text(json.dumps(rows, indent=1))
-    print("\n".join(lines))
+        if "tokens_per_s" not in r:
+            lines.append(f"| {r['case']} | {r['model']} | | | | | | | {r.get('error') or r.get('skipped', '')} |")
+            continue
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else ""
+        mem = f"{r['peak_mem_gib']:.2f}" if "peak_mem_gib" in r else ""
+        vs = f"**{r['vs_best_peer']:.2f}x** ({r['best_peer']})" if "vs_best_peer" in r else ""
+        note = f"{r['graph_breaks']} graph breaks" if r.get("graph_breaks") else ""
+        lines.append(f"| {r['case']} | {r['model']} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | {mfu} | "
+                     f"{mem} | {vs} | {r['first_step_s']:.1f} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def compare_plot(rows: list[dict], path: str, title: str) -> bool:
+    """Grouped bars of real tokens/s per case, training and inference side by side."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw=dict(width_ratios=[2, 1]))
+    for ax, kind in zip(axes, ("train", "infer")):
+        cases = list(dict.fromkeys(r["case"] for r in rows if r["kind"] == kind))
+        width = 0.8 / max(1, len(models))
+        for j, m in enumerate(models):
+            by = {r["case"]: r for r in rows if r["model"] == m}
+            ys = [by.get(c, {}).get("tokens_per_s", 0.0) for c in cases]
+            ax.bar([i + (j - (len(models) - 1) / 2) * width for i in range(len(cases))], ys, width, label=m)
+        ax.set_xticks(range(len(cases)))
+        ax.set_xticklabels([c.split("-", 1)[1] for c in cases], rotation=20, fontsize=8)
+        ax.set_title("training step" if kind == "train" else "inference forward")
+        ax.set_ylabel("real tokens/s")
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_compare(rows: list[dict], env: dict, args) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"compare_{args.tag}"
+    args_d = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    stem.with_suffix(".json").write_text(json.dumps(dict(env=env, args=args_d, rows=rows), indent=1))
+    md = compare_markdown(rows, env, args)
+    stem.with_suffix(".md").write_text(md)
+    compare_plot(rows, str(stem.with_suffix(".png")), f"real tokens/s, {env.get('gpu', 'CPU smoke')}")
+    print(md, flush=True)
+
+
+@mode("compare")
+def run_compare(args, models=MODELS) -> list[dict]:
+    """Every (case, model) row in one process: ours (eager, compiled) against HF BERT sdpa (eager, compiled) and
+    ModernBERT-base sdpa. --smoke: tiny configs on CPU, fp32, one step (the code path, not a measurement)."""
+    args.device = "cpu" if args.smoke else "cuda"
+    if not args.smoke and not torch.cuda.is_available():
+        raise SystemExit("compare needs a CUDA GPU (or --smoke for the CPU code path)")
+    if args.smoke:
+        args.warmup, args.steps = min(args.warmup, 1), 1
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    cases, models = select(args.only, CASES, models)
+    from mosaic_bert.train.flops import peak_flops
+
+    peak = peak_flops(torch.device(args.device))
+    env = environment(args.device)
+    print(env, flush=True)
+    rows, t_start = [], time.perf_counter()
+    for case in cases:
+        case = case.smoke() if args.smoke else case
+        cpu = case_batches(case, args.batches, TINY["vocab_size"] if args.smoke else BATCH_VOCAB, seed=args.seed)
+        batches = [{k: v.to(args.device) for k, v in b.items()} for b in cpu]
+        for spec in models:
+            if args.smoke and spec.compiled and not args.smoke_compile:
+                row = dict(skipped="compiled rows are skipped in --smoke (add --smoke-compile)")
+            elif time.perf_counter() - t_start > args.budget_s:
+                row = dict(skipped=f"time budget --budget-s {args.budget_s:.0f} spent")
+            else:
+                row = run_row(spec, case, batches, args, peak)
+            row = {**dict(case=case.name, kind=case.kind, model=spec.name, ours=spec.ours), **row}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    add_ratios(rows)
+    env["wall_s"] = round(time.perf_counter() - t_start, 1)
+    write_compare(rows, env, args)
+    return rows
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", nargs="?", default="compare", choices=sorted(MODES))
+    p.add_argument("--out", default=os.environ.get("OUT") or os.path.join(ROOT, "benchmarks", "results"),
+                   help="output folder (default: $OUT if set, else benchmarks/results)")
+    p.add_argument("--tag", default="h100")
+    p.add_argument("--verbose", action="store_true")
+    c = p.add_argument_group("compare")
+    c.add_argument("--only", default=None, help="comma list of fnmatch patterns over case and model names")
+    c.add_argument("--smoke", action="store_true", help="CPU, tiny configs, fp32, one step: the code path only")
+    c.add_argument("--smoke-compile", action="store_true", help="with --smoke: run the compiled rows too")
+    c.add_argument("--warmup", type=int, default=5, help="steps before timing (the first one compiles)")
+    c.add_argument("--steps", type=int, default=15, help="timed steps per row")
+    c.add_argument("--batches", type=int, default=3, help="distinct batches per case, cycled")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--budget-s", type=float, default=420.0,
+                   help="no new row starts after this many seconds (the rest are recorded as skipped)")
+    c.add_argument("--compile-mode", default=None, help="torch.compile mode (default: torch's default)")
+    c.add_argument("--compile-backend", default="inductor")
+    a = p.add_argument_group("attention")
+    a.add_argument("--lengths", default="128,512,1024,2048")
+    a.add_argument("--tokens", type=int, default=16384)
+    a.add_argument("--fill", type=float, default=0.6)
+    a.add_argument("--heads", type=int, default=12)
+    a.add_argument("--headdim", type=int, default=64)
+    a.add_argument("--rep", type=int, default=200, help="do_bench rep (ms)")
+    return p.parse_args(argv)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=sorted(MODES))
-    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
-    p.add_argument("--tag", default="h100")
-    p.add_argument("--lengths", default="128,512,1024,2048")
-    p.add_argument("--tokens", type=int, default=16384)
-    p.add_argument("--fill", type=float, default=0.6)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--headdim", type=int, default=64)
-    p.add_argument("--rep", type=int, default=200, help="do_bench rep (ms)")
-    p.add_argument("--verbose", action="store_true")
-    p.add_argument("--batch", type=int, default=256, help="model mode: rows per step")
-    p.add_argument("--seqlen", type=int, default=128, help="model mode: row length")
-    args = p.parse_args(argv)
-    MODES[args.mode](args)
+    args = parse_args(argv)
+    return MODES[args.mode](args)
 
 
 if __name__ == "__main__":
