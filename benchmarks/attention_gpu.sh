@@ -18,9 +18,9 @@ if [ "$WHAT" = tests ] || [ "$WHAT" = all ]; then
   # broad matrix with one config per kernel (compile time), then the
   # autotuned configs on the main cases
   ( echo "== GPU tests, MOSAIC_FA_TUNE=0 (first config of each kernel)";
-    MOSAIC_FA_TUNE=0 timeout $TEST_LIMIT python3 -m pytest -q -rA -k gpu -p no:cacheprovider tests/test_flash_attn_triton.py;
+    MOSAIC_FA_TUNE=0 timeout $TEST_LIMIT python3 -m pytest -q -rA -k gpu -p no:cacheprovider tests/modeling/test_flash_attn_triton.py;
     echo "== GPU tests, full autotune";
-    timeout 120 python3 -m pytest -q -rA -k "gpu_alibi or gpu_repeatable or gpu_no_alibi" -p no:cacheprovider tests/test_flash_attn_triton.py
+    timeout 120 python3 -m pytest -q -rA -k "gpu_alibi or gpu_repeatable or gpu_no_alibi" -p no:cacheprovider tests/modeling/test_flash_attn_triton.py
   ) 2>&1 | tee "$OUT/attention_tests_h100.log"
 fi
 if [ "$WHAT" = bench ] || [ "$WHAT" = all ]; then
