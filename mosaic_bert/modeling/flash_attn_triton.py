@@ -53,6 +53,9 @@ __all__ = [
     "flash_attn_varlen_func",
     "flash_attn_varlen_qkvpacked_func",
     "varlen_padded_layout",
+    "varlen_attention",
+    "reference_attn_fwd",
+    "reference_attn_bwd",
 ]
 
 _LOG2E = 1.4426950408889634
@@ -131,13 +134,28 @@ if HAS_TRITON:
     # forward
     # ------------------------------------------------------------------
     @triton.jit
+    def _as_0d(x):
+        # Called only under INTERPRET (the compiled kernels never see it).
+        # Triton 3.6's interpreter keeps program ids and loaded scalars as
+        # 1-element arrays and turns a `range` bound into an int with int(),
+        # which NumPy >= 2.4 refuses for arrays that are not 0-d: make the
+        # bound's array 0-d in place (no assignment: the interpreter rewrites
+        # assignments into tensor conversions).
+        t = tl.full([1], x, tl.int32)
+        setattr(t.handle, "data", t.handle.data.reshape(()))
+        return t
+
+    @triton.jit
     def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt,
                    offs_m, offs_n, offs_d, lo, hi, seqlen_k, qk_scale, slope,
                    bias_off,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_N: tl.constexpr, MASK_K: tl.constexpr,
                    CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-                   UPCAST: tl.constexpr):
+                   INTERPRET: tl.constexpr):
+        if INTERPRET:
+            lo = _as_0d(lo)
+            hi = _as_0d(hi)
         for start_n in range(lo, hi, BLOCK_N):
             cols = start_n + offs_n
             if MASK_K:
@@ -154,7 +172,7 @@ if HAS_TRITON:
                 else:
                     k = tl.load(k_ptrs + start_n * stride_kt)
                     v = tl.load(v_ptrs + start_n * stride_vt)
-            if UPCAST:
+            if INTERPRET:
                 qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
             else:
                 qk = tl.dot(q, tl.trans(k))
@@ -172,7 +190,7 @@ if HAS_TRITON:
             alpha = tl.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None]
-            if UPCAST:
+            if INTERPRET:
                 acc = tl.dot(p, v.to(tl.float32), acc)
             else:
                 acc = tl.dot(p.to(v.dtype), v, acc)
@@ -188,7 +206,7 @@ if HAS_TRITON:
                     nheads, qk_scale, seq_bucket,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                     CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-                    UPCAST: tl.constexpr,
+                    INTERPRET: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -238,18 +256,18 @@ if HAS_TRITON:
             acc, l_i, m_i = _fwd_inner(
                 acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt,
                 offs_m, offs_n, offs_d, 0, hi, seqlen_k, qk_scale, slope, bias_off,
-                HEAD_DIM, BLOCK_D, BLOCK_N, True, True, HAS_ALIBI, UPCAST)
+                HEAD_DIM, BLOCK_D, BLOCK_N, True, True, HAS_ALIBI, INTERPRET)
         else:
             n_full = (seqlen_k // BLOCK_N) * BLOCK_N
             acc, l_i, m_i = _fwd_inner(
                 acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt,
                 offs_m, offs_n, offs_d, 0, n_full, seqlen_k, qk_scale, slope, bias_off,
-                HEAD_DIM, BLOCK_D, BLOCK_N, False, False, HAS_ALIBI, UPCAST)
+                HEAD_DIM, BLOCK_D, BLOCK_N, False, False, HAS_ALIBI, INTERPRET)
             acc, l_i, m_i = _fwd_inner(
                 acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt,
                 offs_m, offs_n, offs_d, n_full, seqlen_k, seqlen_k, qk_scale, slope,
                 bias_off,
-                HEAD_DIM, BLOCK_D, BLOCK_N, True, False, HAS_ALIBI, UPCAST)
+                HEAD_DIM, BLOCK_D, BLOCK_N, True, False, HAS_ALIBI, INTERPRET)
 
         empty = l_i == 0.0
         l_safe = tl.where(empty, 1.0, l_i)
@@ -292,7 +310,7 @@ if HAS_TRITON:
                        nheads, qk_scale, sm_scale, seq_bucket,
                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                        CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-                       UPCAST: tl.constexpr,
+                       INTERPRET: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         pid_n = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -319,7 +337,7 @@ if HAS_TRITON:
                     + offs_d[None, :], mask=kmask, other=0.0)
         v = tl.load(V + h * stride_vh + (k_start64 + offs_n[:, None]) * stride_vt
                     + offs_d[None, :], mask=kmask, other=0.0)
-        if UPCAST:
+        if INTERPRET:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
 
@@ -345,7 +363,11 @@ if HAS_TRITON:
         lse_ptrs = LSE + h * stride_lse_h + q_start + offs_m
         delta_ptrs = DELTA + h * stride_lse_h + q_start + offs_m
 
-        for start_m in range(lo, seqlen_q, BLOCK_M):
+        hi = seqlen_q
+        if INTERPRET:
+            lo = _as_0d(lo)
+            hi = _as_0d(hi)
+        for start_m in range(lo, hi, BLOCK_M):
             rows = start_m + offs_m
             rmask = rows < seqlen_q
             qmask = rmask[:, None]
@@ -355,7 +377,7 @@ if HAS_TRITON:
             do = tl.load(do_ptrs + start_m * stride_dot, mask=qmask, other=0.0)
             lse = tl.load(lse_ptrs + start_m, mask=rmask, other=float("inf"))
             delta = tl.load(delta_ptrs + start_m, mask=rmask, other=0.0)
-            if UPCAST:
+            if INTERPRET:
                 q = q.to(tl.float32)
                 do = do.to(tl.float32)
             # transposed scores: [BLOCK_N, BLOCK_M]
@@ -387,7 +409,7 @@ if HAS_TRITON:
                       nheads, qk_scale, sm_scale, seq_bucket,
                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                       CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-                      UPCAST: tl.constexpr,
+                      INTERPRET: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -419,7 +441,7 @@ if HAS_TRITON:
                       other=float("inf"))
         delta = tl.load(DELTA + h * stride_lse_h + q_start + offs_m, mask=rmask,
                         other=0.0)
-        if UPCAST:
+        if INTERPRET:
             q = q.to(tl.float32)
             do = do.to(tl.float32)
 
@@ -440,6 +462,8 @@ if HAS_TRITON:
         v_ptrs = (V + h * stride_vh + (k_start64 + offs_n[:, None]) * stride_vt
                   + offs_d[None, :])
         dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        if INTERPRET:
+            hi = _as_0d(hi)
         for start_n in range(0, hi, BLOCK_N):
             cols = start_n + offs_n
             kmask = cols[:, None] < seqlen_k
@@ -447,7 +471,7 @@ if HAS_TRITON:
                 kmask = kmask & (offs_d[None, :] < HEAD_DIM)
             k = tl.load(k_ptrs + start_n * stride_kt, mask=kmask, other=0.0)
             v = tl.load(v_ptrs + start_n * stride_vt, mask=kmask, other=0.0)
-            if UPCAST:
+            if INTERPRET:
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
             s = tl.dot(q, tl.trans(k)) * qk_scale
@@ -580,7 +604,7 @@ def _fwd(q, k, v, cu_q, cu_k, max_seqlen_q, max_seqlen_k, sm_scale, causal,
         lse.stride(0), stride_slope_b,
         nheads, sm_scale * _LOG2E, _seq_bucket(max(max_seqlen_q, max_seqlen_k)),
         HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=bool(causal), HAS_ALIBI=has_alibi,
-        UPCAST=_interpreting(),
+        INTERPRET=_interpreting(),
     )
     return out, lse
 
@@ -621,7 +645,7 @@ def _bwd(do, q, k, v, out, lse, cu_q, cu_k, max_seqlen_q, max_seqlen_k, sm_scale
             lse.stride(0), stride_slope_b,
             nheads, sm_scale * _LOG2E, sm_scale, bucket,
             HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=bool(causal), HAS_ALIBI=has_alibi,
-            UPCAST=_interpreting(),
+            INTERPRET=_interpreting(),
         )
     if max_seqlen_q > 0:
         grid_q = lambda META: (triton.cdiv(max_seqlen_q, META["BLOCK_M"]), batch * nheads)
@@ -633,7 +657,7 @@ def _bwd(do, q, k, v, out, lse, cu_q, cu_k, max_seqlen_q, max_seqlen_k, sm_scale
             lse.stride(0), stride_slope_b,
             nheads, sm_scale * _LOG2E, sm_scale, bucket,
             HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=bool(causal), HAS_ALIBI=has_alibi,
-            UPCAST=_interpreting(),
+            INTERPRET=_interpreting(),
         )
 
 
@@ -742,3 +766,179 @@ def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0,
     slopes, stride_b = _prep_slopes(alibi_slopes, batch, nheads, qkv.device)
     return _FlashAttnVarlenQKVPacked.apply(qkv, cu, int(max_seqlen), sm_scale,
                                            bool(causal), slopes, stride_b)
+
+
+# ----------------------------------------------------------------------
+# The packed varlen ALiBi attention as a PyTorch custom op
+# ----------------------------------------------------------------------
+# ``torch.ops.mosaic_bert.varlen_alibi_attn_fwd_v1(qkv, cu_seqlens, max_seqlen,
+# slopes, scale) -> (out, lse)`` and ``..._bwd_v1(dout, qkv, out, lse,
+# cu_seqlens, max_seqlen, slopes, scale) -> dqkv``: opaque to torch.compile and
+# torch.export (they call it, they never trace into it), with fake
+# implementations for shapes and a registered backward.  Implementation by
+# input: the Triton kernels for fp16/bf16 on CUDA (or under the interpreter);
+# otherwise the same math in plain PyTorch, fp32 (CPU, fp32 inputs), so CPU
+# compile/export runs go through the very same op.
+#   qkv (total, 3, H, D); cu_seqlens (n_seqs + 1,) int32; max_seqlen an upper
+#   bound on the sequence lengths; slopes (H,) fp32; out (total, H, D);
+#   lse (H, total) fp32 log2-sum-exp of the scaled, biased scores.
+_OP_NAMESPACE = "mosaic_bert"
+_FWD_OP = "varlen_alibi_attn_fwd_v1"  # bump the suffix when the schema changes
+_BWD_OP = "varlen_alibi_attn_bwd_v1"
+
+
+def _use_kernels(qkv):
+    return (HAS_TRITON and qkv.dtype in (torch.float16, torch.bfloat16)
+            and (qkv.is_cuda or _interpreting()))
+
+
+def _acc_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _reference_grid(qkv, cu_seqlens, max_seqlen):
+    """q, k, v padded per sequence: (n_seqs, H, L, D) each in fp32 (fp64 for
+    fp64 inputs), plus the layout."""
+    total, _, h, d = qkv.shape
+    n, L = cu_seqlens.shape[0] - 1, max_seqlen
+    pad_index, key_valid = varlen_padded_layout(cu_seqlens, total, L)
+    grid = qkv.new_zeros((n * L, 3, h, d), dtype=_acc_dtype(qkv))
+    grid = grid.index_copy(0, pad_index, qkv.to(grid.dtype))
+    q, k, v = grid.view(n, L, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+    return q, k, v, pad_index, key_valid
+
+
+def _reference_scores(q, k, slopes, key_valid, scale):
+    """(n, H, L, L) fp32: scale * q k^T - slope * |i - j|, -inf at padding keys."""
+    L = q.shape[2]
+    pos = torch.arange(L, device=q.device)
+    dist = (pos[None, :] - pos[:, None]).abs().to(q.dtype)
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale - slopes.to(q.dtype)[:, None, None] * dist
+    return s.masked_fill(~key_valid[:, None, None, :], float("-inf"))
+
+
+def _to_grid(x, pad_index, n, L, dtype):
+    """(total, H, ...) -> (n, H, L, ...) in ``dtype`` with zeros at padding."""
+    grid = x.new_zeros((n * L, *x.shape[1:]), dtype=dtype)
+    grid = grid.index_copy(0, pad_index, x.to(dtype)).view(n, L, *x.shape[1:])
+    return grid.transpose(1, 2)
+
+
+def _from_grid(x, pad_index):
+    """(n, H, L, ...) -> (total, H, ...) at the real tokens."""
+    n, h, L = x.shape[:3]
+    return x.transpose(1, 2).reshape(n * L, h, *x.shape[3:]).index_select(0, pad_index)
+
+
+def reference_attn_fwd(qkv, cu_seqlens, max_seqlen, slopes, scale):
+    """Plain-PyTorch forward of the op (fp32 math): ``(out, lse)``."""
+    q, k, v, pad_index, key_valid = _reference_grid(qkv, cu_seqlens, max_seqlen)
+    s = _reference_scores(q, k, slopes, key_valid, scale)
+    lse = torch.logsumexp(s, dim=-1)  # (n, H, L)
+    out = torch.matmul(torch.exp(s - lse[..., None]), v)
+    out = _from_grid(out, pad_index).to(qkv.dtype)
+    lse2 = _from_grid(lse[..., None] * _LOG2E, pad_index)[..., 0].t().float().contiguous()
+    return out, lse2
+
+
+def reference_attn_bwd(dout, qkv, out, lse, cu_seqlens, max_seqlen, slopes, scale):
+    """Plain-PyTorch backward of the op (fp32 math, recomputes the scores): ``dqkv``."""
+    q, k, v, pad_index, key_valid = _reference_grid(qkv, cu_seqlens, max_seqlen)
+    n, L = q.shape[0], q.shape[2]
+    do = _to_grid(dout, pad_index, n, L, q.dtype)
+    o = _to_grid(out, pad_index, n, L, q.dtype)
+    lse_e = _to_grid(lse.t()[..., None] / _LOG2E, pad_index, n, L, q.dtype)  # (n, H, L, 1)
+    p = torch.exp(_reference_scores(q, k, slopes, key_valid, scale) - lse_e)
+    dv = torch.matmul(p.transpose(-1, -2), do)
+    dp = torch.matmul(do, v.transpose(-1, -2))
+    ds = p * (dp - (do * o).sum(-1, keepdim=True))
+    dq = torch.matmul(ds, k) * scale
+    dk = torch.matmul(ds.transpose(-1, -2), q) * scale
+    dqkv = torch.stack((dq, dk, dv), dim=2)  # (n, H, 3, L, D)
+    dqkv = _from_grid(dqkv.transpose(2, 3), pad_index)  # (total, H, 3, D)
+    return dqkv.transpose(1, 2).contiguous().to(qkv.dtype)
+
+
+def _attn_fwd_impl(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                   slopes: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    if not _use_kernels(qkv):
+        return reference_attn_fwd(qkv, cu_seqlens, max_seqlen, slopes, scale)
+    qkv = _last_dim_contig(qkv)
+    return _fwd(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, cu_seqlens, max_seqlen,
+                max_seqlen, scale, False, slopes, 0)
+
+
+def _attn_bwd_impl(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor,
+                   lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                   slopes: torch.Tensor, scale: float) -> torch.Tensor:
+    if not _use_kernels(qkv):
+        return reference_attn_bwd(dout, qkv, out, lse, cu_seqlens, max_seqlen, slopes, scale)
+    qkv = _last_dim_contig(qkv)
+    dqkv = _empty(qkv.shape, qkv)
+    _bwd(dout, qkv[:, 0], qkv[:, 1], qkv[:, 2], out, lse, cu_seqlens, cu_seqlens,
+         max_seqlen, max_seqlen, scale, False, slopes, 0,
+         dqkv[:, 0], dqkv[:, 1], dqkv[:, 2])
+    return dqkv
+
+
+def _attn_fwd_fake(qkv, cu_seqlens, max_seqlen, slopes, scale):
+    total, _, h, d = qkv.shape
+    return qkv.new_empty((total, h, d)), qkv.new_empty((h, total), dtype=torch.float32)
+
+
+def _attn_bwd_fake(dout, qkv, out, lse, cu_seqlens, max_seqlen, slopes, scale):
+    return qkv.new_empty(qkv.shape)
+
+
+def _attn_setup_context(ctx, inputs, output):
+    qkv, cu_seqlens, max_seqlen, slopes, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, cu_seqlens, slopes, out, lse)
+    ctx.max_seqlen, ctx.scale = max_seqlen, scale
+
+
+def _attn_backward(ctx, dout, dlse):
+    qkv, cu_seqlens, slopes, out, lse = ctx.saved_tensors
+    bwd = getattr(getattr(torch.ops, _OP_NAMESPACE), _BWD_OP)
+    dqkv = bwd(dout, qkv, out, lse, cu_seqlens, ctx.max_seqlen, slopes, ctx.scale)
+    return dqkv, None, None, None, None
+
+
+def _op_registered(name):
+    try:
+        getattr(getattr(torch.ops, _OP_NAMESPACE), name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _register_ops():
+    """Once per process: this file may be imported several times (as remote
+    code under another module name); the first import registers the ops and
+    later ones reuse them."""
+    if _op_registered(_FWD_OP):
+        return
+    lib = torch.library
+    bwd = lib.custom_op(f"{_OP_NAMESPACE}::{_BWD_OP}", _attn_bwd_impl, mutates_args=())
+    bwd.register_fake(_attn_bwd_fake)
+    fwd = lib.custom_op(f"{_OP_NAMESPACE}::{_FWD_OP}", _attn_fwd_impl, mutates_args=())
+    fwd.register_fake(_attn_fwd_fake)
+    fwd.register_autograd(_attn_backward, setup_context=_attn_setup_context)
+
+
+_register_ops()
+
+
+def varlen_attention(qkv, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale=None):
+    """Packed varlen self-attention with ALiBi through the custom op (works in
+    eager, under torch.compile(fullgraph=True) and torch.export).
+
+    qkv (total, 3, H, D); cu_seqlens (n_seqs + 1,) int; max_seqlen an int
+    bound on the lengths (zero-length sequences allowed); alibi_slopes (H,)
+    fp32.  Returns (total, H, D).  The Triton kernels run for fp16/bf16 on
+    CUDA; other inputs run the same math in PyTorch.  No attention dropout."""
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(qkv.shape[-1])
+    fwd = getattr(getattr(torch.ops, _OP_NAMESPACE), _FWD_OP)
+    slopes = alibi_slopes.to(device=qkv.device, dtype=torch.float32)
+    out, _ = fwd(qkv, cu_seqlens.to(torch.int32), max_seqlen, slopes, scale)
+    return out

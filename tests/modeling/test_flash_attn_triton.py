@@ -256,9 +256,71 @@ def test_interp_errors():
         mod.flash_attn_varlen_func(q, q, q, cu.float(), cu.float(), 5, 5)
 
 
+@interp
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_interp_custom_op_kernels_match_float64(dtype):
+    """The custom op runs the Triton kernels here (interpreter); forward and backward against float64."""
+    mod = fa()
+    assert mod._use_kernels(torch.empty(1, dtype=dtype))
+    errs = run_op_case(LENS, H=2, D=32, dtype=dtype, seed=6)
+    assert all(e <= TOL[dtype] for e in errs.values()), errs
+
+
 # ----------------------------------------------------------------------
 # CPU: parent-process tests
 # ----------------------------------------------------------------------
+def run_op_case(lens, H, D, dtype, seed, device="cpu"):
+    """The custom op (via varlen_attention) forward + backward against the float64 reference: relative errors."""
+    mod = fa()
+    g = torch.Generator().manual_seed(seed)
+    cu = make_cu(lens, device)
+    qkv = torch.randn(sum(lens), 3, H, D, generator=g).to(device=device, dtype=dtype).requires_grad_(True)
+    slopes = (torch.rand(H, generator=g) * 0.5 + 0.05).to(device)
+    out = mod.varlen_attention(qkv, cu, max(lens), slopes)
+    dout = torch.randn(out.shape, generator=g).to(device=device, dtype=dtype)
+    out.backward(dout)
+    q64, k64, v64 = (qkv.detach()[:, i].double().requires_grad_(True) for i in range(3))
+    ref = reference(q64, k64, v64, cu, cu, 1.0 / math.sqrt(D), False, slopes)
+    ref.backward(dout.double())
+    assert out.dtype == dtype and qkv.grad.dtype == dtype
+    return {"out": relerr(out.detach(), ref.detach()), "dq": relerr(qkv.grad[:, 0], q64.grad),
+            "dk": relerr(qkv.grad[:, 1], k64.grad), "dv": relerr(qkv.grad[:, 2], v64.grad)}
+
+
+@pytest.mark.skipif(CHILD, reason="parent-process test")
+def test_custom_op_pytorch_path_matches_float64_and_passes_opcheck():
+    """Off CUDA (and in fp32) the op runs the same math in PyTorch: exact against float64, gradcheck, opcheck."""
+    mod = fa()
+    lens = [5, 0, 9, 1]
+    errs = run_op_case(lens, H=3, D=8, dtype=torch.float32, seed=0)
+    assert all(e < 1e-5 for e in errs.values()), errs
+    # a wrong bound on the lengths is still exact (it only pads more); a wrong slope is not
+    cu = make_cu(lens, "cpu")
+    g = torch.Generator().manual_seed(1)
+    qkv = torch.randn(sum(lens), 3, 2, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    slopes = torch.tensor([0.5, 0.125])
+    a = mod.varlen_attention(qkv, cu, 9, slopes)
+    assert torch.allclose(a, mod.varlen_attention(qkv, cu, 16, slopes), atol=1e-12)
+    assert not torch.allclose(a, mod.varlen_attention(qkv, cu, 9, slopes * 2), atol=1e-3)
+    assert torch.autograd.gradcheck(lambda x: mod.varlen_attention(x, cu, 9, slopes), (qkv,))
+    op = getattr(torch.ops.mosaic_bert, mod._FWD_OP)
+    result = torch.library.opcheck(op, (qkv.detach().float().requires_grad_(True), cu, 9, slopes, 0.3))
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+@pytest.mark.skipif(CHILD, reason="parent-process test")
+def test_custom_op_registers_once_when_the_file_is_imported_again():
+    """Remote code may load this file several times under other module names: the op is registered once."""
+    first, second = _load(), _load()
+    op = getattr(torch.ops.mosaic_bert, first._FWD_OP)
+    assert second._op_registered(second._FWD_OP) and op is getattr(torch.ops.mosaic_bert, second._FWD_OP)
+    qkv = torch.randn(4, 3, 2, 8)
+    cu = torch.tensor([0, 4], dtype=torch.int32)
+    assert torch.equal(first.varlen_attention(qkv, cu, 4, torch.ones(2)),
+                       second.varlen_attention(qkv, cu, 4, torch.ones(2)))
+
+
+
 @pytest.mark.skipif(CHILD, reason="this is the parent launcher")
 def test_cpu_interpreter_suite():
     pytest.importorskip("triton")
