@@ -559,6 +559,9 @@ def measure(spec: ModelSpec, case: Case, batches: list[dict], args) -> dict:
         model = spec.build(case.kind, args.smoke)
     if case.kind == "infer" and cuda:
         model = model.to(torch.bfloat16)  # bf16 weights, as served
+    if cuda:  # the peak-memory window starts with the model resident (not the fp32 build of a bf16 model)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     row = dict(params=sum(p.numel() for p in model.parameters()),
                flops=model_flops(model, case, batches, spec.real_flops))
     if spec.compiled:
@@ -765,7 +768,9 @@ def run_compare(args, models=MODELS) -> list[dict]:
         raise SystemExit("compare needs a CUDA GPU (or --smoke for the CPU code path)")
     if args.smoke:
         args.warmup, args.steps = min(args.warmup, 1), 1
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    for limit in ("recompile_limit", "cache_size_limit"):  # the name differs across torch versions
+        if hasattr(torch._dynamo.config, limit):
+            setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
     cases, models = select(args.only, CASES, models)
     from mosaic_bert.train.flops import peak_flops
 
