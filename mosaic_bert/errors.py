@@ -18,5 +18,9 @@ class ResumeError(RecipeError):
     """A checkpoint cannot be resumed with this recipe, or an output folder is in use."""
 
 
+class ExportError(MosaicBertError):
+    """A folder cannot be published (not a finished model folder, or no Hub repo named)."""
+
+
 class GlueDataError(DataError):
     """GLUE data for a task is missing or malformed."""

@@ -8,7 +8,7 @@
 """
 import sys
 
-from mosaic_bert.train.trainer import main
+from mosaic_bert.train.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

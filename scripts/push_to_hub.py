@@ -7,6 +7,7 @@
 import argparse
 import sys
 
+from mosaic_bert.errors import MosaicBertError
 from mosaic_bert.train.export import push_folder
 
 
@@ -21,7 +22,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     try:
         where = push_folder(a.folder, a.repo_id, a.revision, a.private, a.local_target, a.message)
-    except (FileNotFoundError, ValueError) as e:
+    except MosaicBertError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"uploaded {a.folder} -> {where}")

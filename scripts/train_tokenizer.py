@@ -7,8 +7,9 @@
 import argparse
 import sys
 
-from mosaic_bert.train.data import (DataError, _take, iter_documents_from_files, iter_hub_documents,
-                              resolve_files, train_wordpiece)
+from mosaic_bert.errors import MosaicBertError
+from mosaic_bert.train.data import iter_documents_from_files, iter_hub_documents, resolve_files, take
+from mosaic_bert.train.tokenizer import train_wordpiece
 
 
 def main(argv=None):
@@ -30,8 +31,8 @@ def main(argv=None):
             if not a.files:
                 ap.error("give files or --hub")
             docs = iter_documents_from_files(resolve_files(a.files, "files"), a.format, a.text_column)
-        train_wordpiece(_take(docs, a.max_docs), a.vocab_size, a.out, lowercase=not a.cased)
-    except DataError as e:
+        train_wordpiece(take(docs, a.max_docs), a.vocab_size, a.out, lowercase=not a.cased)
+    except MosaicBertError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

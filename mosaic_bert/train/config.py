@@ -14,20 +14,28 @@ from typing import Any, Optional, Union
 from ..errors import RecipeError
 
 
-@dataclass
-class ModelConfig:
-    family: str = "mosaic"                 # "mosaic" (mosaic_bert.BertForMaskedLM) or "hf" (transformers.BertForMaskedLM)
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    vocab_size: Optional[int] = None       # None: the tokenizer's size rounded up to a multiple of 64
-    max_position_embeddings: int = 512
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.0
-    alibi_starting_size: int = 512
-    attention_backend: str = "auto"
-    extra: dict = field(default_factory=dict)  # passed through to the model config
+RUN_DETAIL = {"run_identity": False}   # field metadata: does not define the run (left out of the resume fingerprint)
+FAMILIES = ("mosaic", "hf")            # mosaic_bert.BertForMaskedLM, or the transformers.BertForMaskedLM baseline
+SET_BY_TRAINER = ("pad_token_id",)     # model config fields the trainer takes from the tokenizer
+
+
+def _model_fields() -> list[tuple]:
+    """One recipe field per field MosaicBERT's `BertConfig` adds over `PretrainedConfig`, with its default, so every
+    model setting (`fused_geglu`, `low_precision_layernorm`, `attention_backend`, ...) passes straight through."""
+    from transformers import PretrainedConfig
+
+    from ..modeling import BertConfig
+    generic = set(PretrainedConfig().to_dict())
+    defaults = {k: v for k, v in BertConfig().to_dict().items() if k not in generic and k not in SET_BY_TRAINER}
+    defaults["vocab_size"] = None      # None: the tokenizer's size rounded up to a multiple of 64
+    fields = [("family", str, field(default="mosaic"))]
+    return fields + [(k, Any, field(default=v)) for k, v in defaults.items()]
+
+
+ModelConfig = dataclasses.make_dataclass("ModelConfig", _model_fields())
+ModelConfig.__module__ = __name__
+ModelConfig.__doc__ = ("The model section: `family` (mosaic | hf) and the fields of `mosaic_bert.BertConfig` with its "
+                       "defaults (vocab_size None: the tokenizer's size rounded up to a multiple of 64).")
 
 
 @dataclass
@@ -52,8 +60,8 @@ class DataConfig:
     max_train_docs: Optional[int] = None   # cap the documents tokenized into the cache (required for streamed Hub data)
     max_valid_docs: Optional[int] = 2000
     valid_fraction: float = 0.02           # held-out share when valid_files is None
-    cache_dir: Optional[str] = None        # tokenized cache; default ~/.cache/mosaic_bert
-    num_workers: int = 0                   # DataLoader workers (masking and collation)
+    cache_dir: Optional[str] = field(default=None, metadata=RUN_DETAIL)  # tokenized cache; default ~/.cache/mosaic_bert
+    num_workers: int = field(default=0, metadata=RUN_DETAIL)  # DataLoader workers (masking and collation)
 
 
 @dataclass
@@ -73,16 +81,15 @@ class TrainConfig:
     alpha_f: float = 0.02                  # final lr = alpha_f * lr
     grad_clip_norm: Optional[float] = 1.0
     mixed_precision: str = "auto"          # auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16
-    eval_interval: int = 2000
-    eval_samples: int = 2048
-    log_interval: int = 50
-    checkpoint_interval: int = 3500
-    keep_checkpoints: int = 2
-    output_dir: str = "runs/mosaic-bert"
-    trackers: str = "auto"                 # auto (tensorboard when installed) | none | comma list
-    compile: bool = False
-    fill_mask_example: Optional[str] = None
-    crash_at_step: Optional[int] = None    # testing: SIGKILL the process after this optimizer step
+    eval_interval: int = field(default=2000, metadata=RUN_DETAIL)
+    eval_samples: int = field(default=2048, metadata=RUN_DETAIL)
+    log_interval: int = field(default=50, metadata=RUN_DETAIL)
+    checkpoint_interval: int = field(default=3500, metadata=RUN_DETAIL)
+    keep_checkpoints: int = field(default=2, metadata=RUN_DETAIL)
+    output_dir: str = field(default="runs/mosaic-bert", metadata=RUN_DETAIL)
+    trackers: str = field(default="auto", metadata=RUN_DETAIL)  # auto (tensorboard when installed) | none | comma list
+    compile: bool = field(default=False, metadata=RUN_DETAIL)
+    fill_mask_example: Optional[str] = field(default=None, metadata=RUN_DETAIL)
 
 
 @dataclass
@@ -97,17 +104,13 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def fingerprint(self, keys=("model", "tokenizer", "data", "train")) -> dict:
-        """The fields that define a run (used to refuse resuming a run from another config)."""
-        d = self.to_dict()
-        t = dict(d["train"])
-        for k in ("eval_interval", "eval_samples", "log_interval", "checkpoint_interval", "keep_checkpoints",
-                  "output_dir", "trackers", "compile", "fill_mask_example", "crash_at_step"):
-            t.pop(k, None)
-        dd = dict(d["data"])
-        dd.pop("num_workers", None)
-        dd.pop("cache_dir", None)
-        return {"model": d["model"], "tokenizer": d["tokenizer"], "data": dd, "train": t}
+    def sections(self) -> dict:
+        return {name: getattr(self, name) for name in _SECTIONS}
+
+    def fingerprint(self) -> dict:
+        """The fields that define a run (all but those marked `RUN_DETAIL`); resuming under another one is refused."""
+        return {name: {f.name: getattr(sec, f.name) for f in dataclasses.fields(sec) if f.metadata.get("run_identity", True)}
+                for name, sec in self.sections().items()}
 
 
 _SECTIONS = {"model": ModelConfig, "tokenizer": TokenizerConfig, "data": DataConfig, "train": TrainConfig}
@@ -212,8 +215,8 @@ def load_recipe(path: Optional[str] = None, overrides: Optional[list[str]] = Non
 
 
 def validate(r: Recipe) -> None:
-    if r.model.family not in ("mosaic", "hf"):
-        raise RecipeError(f"model.family must be 'mosaic' or 'hf', got '{r.model.family}'.")
+    if r.model.family not in FAMILIES:
+        raise RecipeError(f"model.family must be one of {', '.join(FAMILIES)}, got '{r.model.family}'.")
     if r.data.mode not in ("truncate", "chunk", "pack"):
         raise RecipeError(f"data.mode must be truncate, chunk or pack, got '{r.data.mode}'.")
     if r.data.mode == "pack" and r.model.family == "hf":

@@ -7,84 +7,96 @@ import os
 import shutil
 from pathlib import Path
 
+from ..errors import ExportError
+from .metrics import plot_curve
+from .model import model_family
+
 # run artefacts that are not part of the published model
 EXCLUDE = ("checkpoints", "runs", ".tmp*", "*.tmp", "events.out.tfevents*", "trainer_state.json", "summary.json")
 
 
-def write_model_card(out_dir, recipe, summary: dict, records: list[dict]) -> Path:
-    r = recipe.to_dict()
-    m, d, t, tok = r["model"], r["data"], r["train"], r["tokenizer"]
-    fe, le = summary.get("first_eval") or {}, summary.get("last_eval") or {}
-    meta = summary.get("data") or {}
+def _data_description(d: dict) -> str:
     if d["hub_name"]:
-        data_desc = f"`{d['hub_name']}`" + (f" (config `{d['hub_config']}`)" if d["hub_config"] else "") + \
-                    f", first {d['max_train_docs']} documents, streamed"
-    elif d["train_files"] is None:
-        data_desc = "the Python documentation shipped with CPython (pydoc topics and standard-library docstrings), " \
-                    "cleaned and deduplicated, with a 4% held-out split"
-    else:
-        data_desc = ", ".join(f"`{os.path.basename(str(f))}`" for f in ([d["train_files"]] if isinstance(d["train_files"], str) else d["train_files"]))
-    is_mosaic = m["family"] == "mosaic"
-    perf = [x for x in records if "tokens_per_s" in x]
-    tps = f"{sum(x['tokens_per_s'] for x in perf[-5:]) / len(perf[-5:]):,.0f}" if perf else "n/a"
-    lines = [
-        "---",
-        "library_name: transformers",
-        "pipeline_tag: fill-mask",
-        "tags: [bert, mosaic-bert, fill-mask, alibi]" if is_mosaic else "tags: [bert, fill-mask]",
-        "---",
-        "",
-        f"# {recipe.name}",
-        "",
-        ("A MosaicBERT (ALiBi attention, unpadded sequences, GeGLU feed-forward; Portes et al., NeurIPS 2023) "
-         if is_mosaic else "A BERT (transformers `BertForMaskedLM`) ") +
-        "pretrained with masked language modelling by `mosaic_bert.train.trainer`.",
-        "",
-        "```python",
-        "from transformers import AutoModelForMaskedLM, AutoTokenizer",
-        'model = AutoModelForMaskedLM.from_pretrained("<this folder or repo>"' + (", trust_remote_code=True)" if is_mosaic else ")"),
-        'tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>")',
-        "```",
-        "",
-        "## Model",
-        "",
-        "| hidden | layers | heads | intermediate | vocab | parameters |",
-        "|---|---|---|---|---|---|",
+        return (f"`{d['hub_name']}`" + (f" (config `{d['hub_config']}`)" if d["hub_config"] else "") +
+                f", first {d['max_train_docs']} documents, streamed")
+    if d["train_files"] is None:
+        return ("the Python documentation shipped with CPython (pydoc topics and standard-library docstrings), "
+                "cleaned and deduplicated, with a 4% held-out split")
+    files = [d["train_files"]] if isinstance(d["train_files"], str) else d["train_files"]
+    return ", ".join(f"`{os.path.basename(str(f))}`" for f in files)
+
+
+def _card_head(name: str, m: dict, summary: dict) -> list[str]:
+    family = model_family(m["family"])
+    load = ", trust_remote_code=True)" if family.remote_code else ")"
+    return [
+        "---", "library_name: transformers", "pipeline_tag: fill-mask", f"tags: {family.card_tags}", "---", "",
+        f"# {name}", "",
+        family.card_intro + "pretrained with masked language modelling by `mosaic_bert.train.trainer`.", "",
+        "```python", "from transformers import AutoModelForMaskedLM, AutoTokenizer",
+        'model = AutoModelForMaskedLM.from_pretrained("<this folder or repo>"' + load,
+        'tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>")', "```", "",
+        "## Model", "", "| hidden | layers | heads | intermediate | vocab | parameters |", "|---|---|---|---|---|---|",
         f"| {m['hidden_size']} | {m['num_hidden_layers']} | {m['num_attention_heads']} | {m['intermediate_size']} | "
-        f"{summary.get('vocab_size') or 'see config.json'} | {summary.get('params', 0) / 1e6:.1f}M |",
-        "",
-        "## Data",
-        "",
-        f"Trained on {data_desc}. Tokenizer: " +
-        (f"`{tok['name_or_path']}`." if tok["name_or_path"] else f"a {tok['vocab_size']}-token uncased WordPiece vocabulary trained on the same data."),
-        f"Sequences of at most {d['max_seq_len']} tokens, mode `{d['mode']}`; "
-        f"{meta.get('train', {}).get('rows', '?')} training rows, {meta.get('train', {}).get('tokens', '?')} tokens.",
-        "",
-        "## Training recipe",
-        "",
+        f"{summary.get('vocab_size') or 'see config.json'} | {summary.get('params', 0) / 1e6:.1f}M |", "",
+    ]
+
+
+def _card_data(d: dict, tok: dict, summary: dict) -> list[str]:
+    train = (summary.get("data") or {}).get("train", {})
+    vocab = (f"`{tok['name_or_path']}`." if tok["name_or_path"] else
+             f"a {tok['vocab_size']}-token uncased WordPiece vocabulary trained on the same data.")
+    return ["## Data", "", f"Trained on {_data_description(d)}. Tokenizer: " + vocab,
+            f"Sequences of at most {d['max_seq_len']} tokens, mode `{d['mode']}`; "
+            f"{train.get('rows', '?')} training rows, {train.get('tokens', '?')} tokens.", ""]
+
+
+def _card_recipe(t: dict, summary: dict, records: list[dict]) -> list[str]:
+    perf = [x for x in records if "tokens_per_s" in x][-5:]
+    tps = f"{sum(x['tokens_per_s'] for x in perf) / len(perf):,.0f}" if perf else "n/a"
+    procs = f", {summary['num_processes']} processes" if summary.get("num_processes", 1) > 1 else ""
+    return [
+        "## Training recipe", "",
         f"- {summary.get('steps')} optimizer steps of global batch {t['global_batch_size']} "
         f"({summary.get('samples_seen', 0):,} samples, {summary.get('tokens_seen', 0):,} tokens)",
-        f"- MLM masking {t['mlm_probability']:.0%} (80% [MASK], 10% random, 10% unchanged); evaluation at {t['eval_mlm_probability']:.0%}",
+        f"- MLM masking {t['mlm_probability']:.0%} (80% [MASK], 10% random, 10% unchanged); evaluation at "
+        f"{t['eval_mlm_probability']:.0%}",
         f"- Decoupled AdamW: lr {t['lr']}, betas {tuple(t['betas'])}, eps {t['eps']}, weight decay {t['weight_decay']} "
         f"(decoupled, {'not on biases/LayerNorm' if t['no_decay_bias_and_norm'] else 'all parameters'})",
-        f"- Linear warmup {t['warmup']} then linear decay to {t['alpha_f']}x; grad-norm clip {t['grad_clip_norm']}; precision {summary.get('precision', t['mixed_precision'])}"
-        f"{', ' + str(summary['num_processes']) + ' processes' if summary.get('num_processes', 1) > 1 else ''}",
-        f"- Seed {t['seed']}; last-window throughput {tps} tokens/s",
-        "",
-        "## Results (held-out split)",
-        "",
-        "| | MLM loss | masked accuracy |",
-        "|---|---|---|",
+        f"- Linear warmup {t['warmup']} then linear decay to {t['alpha_f']}x; grad-norm clip {t['grad_clip_norm']}; "
+        f"precision {summary.get('precision', t['mixed_precision'])}{procs}",
+        f"- Seed {t['seed']}; last-window throughput {tps} tokens/s", "",
     ]
-    if fe:
-        lines.append(f"| step {fe['step']} | {fe['eval_loss']:.4f} | {fe['eval_accuracy']:.4f} |")
-    if le:
-        lines.append(f"| step {le['step']} | {le['eval_loss']:.4f} | {le['eval_accuracy']:.4f} |")
-    lines += ["", "![loss curve](loss_curve.png)", "",
-              "Full recipe: `recipe.json`; per-step metrics: `metrics.jsonl`.", ""]
+
+
+def _card_results(summary: dict) -> list[str]:
+    lines = ["## Results (held-out split)", "", "| | MLM loss | masked accuracy |", "|---|---|---|"]
+    for e in (summary.get("first_eval"), summary.get("last_eval")):
+        if e:
+            lines.append(f"| step {e['step']} | {e['eval_loss']:.4f} | {e['eval_accuracy']:.4f} |")
+    return lines + ["", "![loss curve](loss_curve.png)", "",
+                    "Full recipe: `recipe.json`; per-step metrics: `metrics.jsonl`.", ""]
+
+
+def write_model_card(out_dir, recipe, summary: dict, records: list[dict]) -> Path:
+    """``README.md`` of a pretrained folder: usage, model, data, recipe and held-out results."""
+    r = recipe.to_dict()
+    lines = (_card_head(recipe.name, r["model"], summary) + _card_data(r["data"], r["tokenizer"], summary) +
+             _card_recipe(r["train"], summary, records) + _card_results(summary))
     path = Path(out_dir) / "README.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def export_run(out_dir, model, tokenizer, recipe, summary: dict, records: list[dict]):
+    """The finished run's folder: weights (+ remote code), tokenizer, recipe, loss curve, model card, summary."""
+    out_dir = Path(out_dir)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+    (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1, default=str))
+    plot_curve(records, out_dir / "loss_curve.png", f"{recipe.name}: {recipe.model.family} BERT MLM pretraining")
+    write_model_card(out_dir, recipe, summary, records)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
 
 
 def _ignored(name: str) -> bool:
@@ -109,7 +121,7 @@ def check_publishable(folder) -> None:
     if not any(folder.glob("*.safetensors")):
         missing.append("*.safetensors")
     if missing:
-        raise FileNotFoundError(f"{folder} is not a model folder (missing {', '.join(missing)}). Pass the output_dir of "
+        raise ExportError(f"{folder} is not a model folder (missing {', '.join(missing)}). Pass the output_dir of "
                                 f"a finished pretraining run.")
 
 
@@ -134,7 +146,7 @@ def push_folder(folder, repo_id: str | None = None, revision: str | None = None,
         os.replace(tmp, dest)
         return str(dest)
     if not repo_id:
-        raise ValueError("repo_id is needed to upload to the Hub (or pass a local target directory).")
+        raise ExportError("repo_id is needed to upload to the Hub: pass one (user/name), or a local target directory.")
     from huggingface_hub import HfApi
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)

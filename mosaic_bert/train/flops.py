@@ -41,12 +41,21 @@ def step_flops(n_params: int, hidden: int, vocab: int, layers: int, tokens: int,
     return 6.0 * n_params * tokens + 12.0 * layers * hidden * attn_sq + 6.0 * hidden * vocab * head_tokens
 
 
-def batch_stats(batch: dict, family: str) -> tuple[int, int, int]:
+def unpadded_batch_stats(batch: dict) -> tuple[int, int, int]:
+    """(tokens, sum of squared attended lengths, MLM-head positions) of a batch for a model that drops padding,
+    attends within each document of a packed row, and runs the MLM head on the masked positions only (MosaicBERT)."""
     am = batch["attention_mask"]
-    tokens = int((am > 0).sum())
-    masked = int((batch["labels"] != -100).sum())
-    if family == "hf":
-        b, s = am.shape
-        return tokens, b * s * s, b * s
     lens = unpad_mask(am).cu_seqlens.diff().to(torch.int64)  # one length per attended sequence (row or document)
-    return tokens, int((lens * lens).sum()), masked
+    return int((am > 0).sum()), int((lens * lens).sum()), int((batch["labels"] != -100).sum())
+
+
+def padded_batch_stats(batch: dict) -> tuple[int, int, int]:
+    """The same for a model that computes every padded position (transformers' BERT): it is charged for them."""
+    am = batch["attention_mask"]
+    b, s = am.shape
+    return int((am > 0).sum()), b * s * s, b * s
+
+
+def batch_stats(batch: dict, family: str) -> tuple[int, int, int]:
+    """Kept for callers that name a model family ("mosaic" or "hf"); the trainer asks its model adapter instead."""
+    return (padded_batch_stats if family == "hf" else unpadded_batch_stats)(batch)

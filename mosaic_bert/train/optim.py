@@ -83,3 +83,12 @@ def build_optimizer(model, lr, betas, eps, weight_decay, no_decay_bias_and_norm=
 
 def build_scheduler(optimizer, warmup_steps: int, total_steps: int, alpha_f: float = 0.02) -> LambdaLR:
     return LambdaLR(optimizer, linear_warmup_decay(warmup_steps, total_steps, alpha_f))
+
+
+def build_training_optimization(model, train_cfg, total_steps: int):
+    """-> (optimizer, scheduler, warmup steps) for a recipe's train section."""
+    from .config import warmup_steps
+    t = train_cfg
+    warmup = warmup_steps(t.warmup, total_steps)
+    optimizer = build_optimizer(model, t.lr, t.betas, t.eps, t.weight_decay, t.no_decay_bias_and_norm)
+    return optimizer, build_scheduler(optimizer, warmup, total_steps, t.alpha_f), warmup

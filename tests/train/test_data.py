@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mosaic_bert.train.data import (DataError, TokenizedSplit, TrainMicrobatches, build_or_load_cache, global_rows,
-                              iter_documents_from_files, resolve_files, train_wordpiece)
+from mosaic_bert.errors import DataError
+from mosaic_bert.train.data import (BatchPlan, TokenizedSplit, TrainMicrobatches, build_or_load_cache, global_rows,
+                                    iter_documents_from_files, resolve_files)
+from mosaic_bert.train.tokenizer import train_wordpiece
 from mosaic_bert.train.masking import MLMMasker
 from mosaic_bert.train.config import DataConfig
 
@@ -101,14 +103,15 @@ def test_order_is_a_pure_function_of_seed_and_splits_like_one_process(tmp_path, 
     folder, _ = build_or_load_cache(cfg, tokenizer, log=lambda *a: None)
     split = TokenizedSplit(folder, "train")
     masker = MLMMasker.from_tokenizer(tokenizer, 0.3, 0)
-    one = TrainMicrobatches(split, masker, 3, 0, 4, 16, 8, 2, 1, 0, trim=False)
-    two = [TrainMicrobatches(split, masker, 3, 0, 4, 16, 8, 1, 2, r, trim=False) for r in range(2)]
+    one = TrainMicrobatches(split, masker, BatchPlan(seed=3, global_batch=16, microbatch=8, accum=2), 0, 4, trim=False)
+    two = [TrainMicrobatches(split, masker, BatchPlan(3, 16, 8, accum=1, num_processes=2, rank=r), 0, 4, trim=False)
+           for r in range(2)]
     for step in range(4):
         for a in range(2):   # 1 process, accumulation a  ==  process a of 2, no accumulation
             b1, b2 = one[step * 2 + a], two[a][step]
             for k in ("input_ids", "labels", "attention_mask"):
                 assert (b1[k] == b2[k]).all()
-    resumed = TrainMicrobatches(split, masker, 3, 2, 4, 16, 8, 2, 1, 0, trim=False)
+    resumed = TrainMicrobatches(split, masker, BatchPlan(3, 16, 8, accum=2), 2, 4, trim=False)
     assert (resumed[0]["input_ids"] == one[4]["input_ids"]).all()   # resume at step 2 = straight run's step 2
 
 
@@ -146,3 +149,23 @@ def test_train_tokenizer_cli(tmp_path):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "wp"))
     assert len(tok) == 300 and tok.mask_token == "[MASK]" and tok.tokenize("Hello World") == tok.tokenize("hello world")
+
+
+def test_loader_position_is_its_state(tmp_path, tokenizer):
+    from mosaic_bert.train.data import TrainLoader
+    cfg = DataConfig(train_files=str(SMALL), cache_dir=str(tmp_path), max_seq_len=32)
+    folder, _ = build_or_load_cache(cfg, tokenizer, log=lambda *a: None)
+    split, masker = TokenizedSplit(folder, "train"), MLMMasker.from_tokenizer(tokenizer, 0.3, 0)
+    plan = BatchPlan(3, 16, 8, accum=2)
+    straight = TrainLoader(split, masker, plan, total_steps=5)
+    steps = list(straight)
+    assert [s for s, _ in steps] == list(range(5)) and all(len(m) == 2 for _, m in steps)
+    assert straight.state_dict() == {"step": 5, "samples": 80}
+    interrupted = TrainLoader(split, masker, plan, total_steps=5)
+    it = iter(interrupted)
+    next(it), next(it)
+    resumed = TrainLoader(split, masker, plan, total_steps=5)
+    resumed.load_state_dict(json.loads(json.dumps(interrupted.state_dict())))  # as a checkpoint stores it
+    assert resumed.state_dict()["step"] == 2
+    for (s1, m1), (s2, m2) in zip(steps[2:], resumed):
+        assert s1 == s2 and all((a["input_ids"] == b["input_ids"]).all() for a, b in zip(m1, m2))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mosaic_bert.errors import ExportError
 from mosaic_bert.train.export import files_to_publish, push_folder, write_model_card
 from mosaic_bert.train.config import load_recipe
 
@@ -51,5 +52,5 @@ def test_push_to_local_target(tmp_path):
 
 
 def test_push_refuses_non_model_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a model folder"):
+    with pytest.raises(ExportError, match="not a model folder"):
         push_folder(tmp_path, "me/x", local_target=str(tmp_path / "o"))

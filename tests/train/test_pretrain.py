@@ -37,6 +37,30 @@ def run(args, launcher=None, check=True, resume=None):
     return p
 
 
+KILL_AT = """
+import os, signal, sys
+from mosaic_bert.train.config import load_recipe
+from mosaic_bert.train.trainer import Callback, Trainer
+
+class KillAt(Callback):   # a real kill -9 after optimizer step N, mid-run
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, trainer):
+        if trainer.state.step == self.step:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+Trainer(load_recipe(None, sys.argv[2:]), callbacks=[KillAt(int(sys.argv[1]))]).fit()
+"""
+
+
+def run_with_kill_at(step, args):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, "-c", KILL_AT, str(step)] + args, cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
 def losses(out):
     recs = [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"]) for r in recs if "loss" in r], [(r["step"], r["eval_loss"]) for r in recs if "eval_loss" in r]
@@ -67,7 +91,7 @@ def test_straight_run_output_folder(straight):
 def test_kill_9_and_resume_is_exact(straight):
     base, out = straight
     out2 = base / "killed"
-    p = run(tiny_args(out2, base / "cache", **{"train.crash_at_step": 7}), check=False)
+    p = run_with_kill_at(7, tiny_args(out2, base / "cache"))
     assert p.returncode == -9, p.stderr[-2000:]               # SIGKILL mid-run, after the step-4 checkpoint
     assert [c.name for c in (out2 / "checkpoints").iterdir() if c.name.startswith("step_")] == ["step_0000004"]
     run(tiny_args(out2, base / "cache"), resume="latest")
@@ -140,13 +164,13 @@ def test_hf_baseline_and_packed_rows(straight, extra, tmp_path):
 
 def test_flop_count_and_peak_table():
     import torch
-    from mosaic_bert.train.flops import PEAK_FLOPS_BF16, batch_stats, step_flops
-    from mosaic_bert.train.trainer import round_vocab
+    from mosaic_bert.train.flops import PEAK_FLOPS_BF16, padded_batch_stats, step_flops, unpadded_batch_stats
+    from mosaic_bert.train.model import round_vocab
     am = torch.tensor([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 0, 0]])       # packed row: docs of 3 and 2; plain row of 4
     labels = torch.full((2, 6), -100)
     labels[0, 1] = labels[1, 2] = 7
-    tokens, attn_sq, head = batch_stats({"attention_mask": am, "labels": labels}, "mosaic")
+    tokens, attn_sq, head = unpadded_batch_stats({"attention_mask": am, "labels": labels})
     assert (tokens, attn_sq, head) == (9, 9 + 4 + 16, 2)
-    assert batch_stats({"attention_mask": (am > 0).long(), "labels": labels}, "hf") == (9, 2 * 36, 12)
+    assert padded_batch_stats({"attention_mask": (am > 0).long(), "labels": labels}) == (9, 2 * 36, 12)
     assert step_flops(100, 8, 50, 2, tokens=10, attn_sq=20, head_tokens=3) == 6 * 100 * 10 + 12 * 2 * 8 * 20 + 6 * 8 * 50 * 3
     assert PEAK_FLOPS_BF16["H100"] == 989e12 and round_vocab(30522) == 30528 and round_vocab(4096) == 4096

@@ -22,6 +22,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from ...errors import DataError
+
 CORPUS_VERSION = 1
 _SKIP_DIRS = {"test", "tests", "site-packages", "dist-packages", "idlelib", "lib2to3", "__pycache__",
               "turtledemo", "ensurepip", "venv", "tkinter", "pydoc_data"}
@@ -136,7 +138,7 @@ def build_python_docs_corpus(out_dir: str | os.PathLike | None = None, valid_fra
             bucket = int.from_bytes(key[:4], "little") / 2**32
             (valid if bucket < valid_fraction else train).append(doc)
     if not train or not valid:
-        raise RuntimeError("The Python documentation corpus came out empty: this Python installation has no "
+        raise DataError("The Python documentation corpus came out empty: this Python installation has no "
                            "pydoc_data and no standard-library sources. Pass data.train_files=... instead.")
     tmp = out / ".tmp"
     tmp.mkdir(exist_ok=True)

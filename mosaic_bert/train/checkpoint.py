@@ -1,0 +1,114 @@
+"""Checkpoints of one run: ``<output_dir>/checkpoints/step_XXXXXXX/`` (Accelerate state: model, optimizer, schedule,
+RNG; plus ``trainer_state.json`` and ``recipe.json``). Saved atomically (written to a temp folder, then renamed: a
+checkpoint folder is complete or absent), the newest ``keep`` kept, found by step, and refused on resume when the
+recipe's fingerprint differs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from ..errors import ResumeError
+
+STATE_FILE = "trainer_state.json"
+RECIPE_FILE = "recipe.json"
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+def fingerprint_diffs(old: dict, new: dict, defaults: dict) -> list[str]:
+    """Fields whose value differs between a checkpoint's fingerprint and the current one. A field the checkpoint
+    does not record (added since) counts as its default there; fields since removed are ignored."""
+    diffs = []
+    for sec, fields in new.items():
+        for k, now in fields.items():
+            then = old.get(sec, {}).get(k, defaults.get(sec, {}).get(k))
+            if then != now:
+                diffs.append(f"{sec}.{k}: checkpoint {then!r} vs now {now!r}")
+    return sorted(diffs)
+
+
+class CheckpointManager:
+    def __init__(self, out_dir, accelerator, keep: int):
+        self.out_dir, self.accelerator, self.keep = Path(out_dir), accelerator, keep
+        self.root = self.out_dir / "checkpoints"
+
+    def checkpoints(self, out_dir: Optional[Path] = None) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        root = Path(out_dir) / "checkpoints" if out_dir else self.root
+        if not root.exists():
+            return []
+        return sorted((p for p in root.iterdir() if p.name.startswith("step_") and (p / STATE_FILE).exists()),
+                      key=lambda p: int(p.name.split("_")[1]))
+
+    def find(self, resume) -> Optional[Path]:
+        """``resume``: None (start fresh), "latest" (the newest of this run; an error when none), "auto" (the newest,
+        if any), or a checkpoint folder or a run folder."""
+        if resume in (None, "", False):
+            return None
+        if resume in ("latest", "auto", True):
+            found = self.checkpoints()
+            if not found and resume != "auto":
+                raise ResumeError(f"--resume: no checkpoint under {self.root}. Start without --resume, or pass the "
+                                  f"checkpoint folder: --resume PATH.")
+            return found[-1] if found else None
+        p = Path(resume)
+        if not (p / STATE_FILE).exists() and self.checkpoints(p):
+            return self.checkpoints(p)[-1]
+        if not (p / STATE_FILE).exists():
+            raise ResumeError(f"--resume {resume}: not a checkpoint folder (no {STATE_FILE}). Pass a folder like "
+                              f"{self.root}/step_0001000 or a run folder.")
+        return p
+
+    def check_compatible(self, ckpt: Path, recipe) -> dict:
+        """The checkpoint's trainer state, if ``recipe`` defines the same run; a ResumeError naming the fix if not."""
+        state = json.loads((ckpt / STATE_FILE).read_text())
+        defaults = _jsonable(type(recipe)().fingerprint())
+        diffs = fingerprint_diffs(state["fingerprint"], _jsonable(recipe.fingerprint()), defaults)
+        if diffs:
+            raise ResumeError(f"Cannot resume from {ckpt}: it was written by a different config:\n  " + "\n  ".join(diffs) +
+                              f"\nFix: resume with the recipe and overrides that started the run (saved as {RECIPE_FILE} "
+                              "in the checkpoint), or start a new run in another train.output_dir.")
+        return state
+
+    def start_fresh(self, log=print):
+        """Remove an earlier run's checkpoints (a new run must not resume from or mix with them)."""
+        if self.accelerator.is_main_process:
+            if self.checkpoints():
+                log(f"[pretrain] {self.out_dir} holds checkpoints of an earlier run; starting fresh (pass --resume to "
+                    f"continue it)")
+                shutil.rmtree(self.root, ignore_errors=True)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+
+    def save(self, step: int, recipe, trainer_state: dict) -> Path:
+        acc = self.accelerator
+        final, tmp = self.root / f"step_{step:07d}", self.root / f".tmp-step_{step:07d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = {**trainer_state, "step": step, "fingerprint": recipe.fingerprint(), "world_size": acc.num_processes}
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
+            (tmp / RECIPE_FILE).write_text(json.dumps(recipe.to_dict(), indent=1, default=str))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            self._prune()
+        acc.wait_for_everyone()
+        return final
+
+    def _prune(self):
+        for old in self.checkpoints()[:-self.keep] if self.keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, ckpt: Path):
+        """Restore model, optimizer, schedule and RNG states (the trainer state comes from `check_compatible`)."""
+        self.accelerator.load_state(str(ckpt))

@@ -1,0 +1,118 @@
+"""Order and batching: which rows, masked how, go into which microbatch of which process.
+
+The sample at global index ``g`` (``g = step * global_batch + offset``) is row ``perm(seed, epoch)[g % N]`` with
+``epoch = g // N``: a pure function of the seed, so a resumed run starts exactly at the next unseen sample. Process
+``p``'s accumulation step ``a`` of a step takes offsets ``[(a * P + p) * mb, (a * P + p + 1) * mb)``, and masks are
+keyed by ``g``, so a global batch means the same thing on any number of processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..masking import MLMMasker
+from .store import TokenizedSplit
+
+
+@lru_cache(maxsize=4)
+def _perm(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(n)
+
+
+def global_rows(seed: int, n: int, g: np.ndarray) -> np.ndarray:
+    """Rows for global sample indices ``g`` (a pure function of seed; shuffled anew each epoch)."""
+    g = np.asarray(g, dtype=np.int64)
+    epochs = g // n
+    out = np.empty_like(g)
+    for e in np.unique(epochs):
+        sel = epochs == e
+        out[sel] = _perm(seed, int(e), n)[g[sel] % n]
+    return out
+
+
+def make_batch(split: TokenizedSplit, rows: np.ndarray, keys: np.ndarray, masker: MLMMasker, trim: bool = True) -> dict:
+    """Rows ``rows`` masked with per-sample keys ``keys``; ``trim`` cuts the padding columns no row uses."""
+    ids, docs, lengths = split.rows(rows)
+    if trim:
+        width = int(lengths.max())
+        ids, docs = ids[:, :width], docs[:, :width]
+    input_ids, labels = masker(ids, keys)
+    return {"input_ids": input_ids, "attention_mask": torch.from_numpy(docs), "labels": labels}
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimizer step's global batch is cut: ``global_batch = microbatch x accum x num_processes``."""
+    seed: int
+    global_batch: int
+    microbatch: int
+    accum: int = 1
+    num_processes: int = 1
+    rank: int = 0
+
+    def micro_index(self, a: int) -> int:
+        """This process's accumulation step ``a`` as an index among all microbatches of a step."""
+        return a * self.num_processes + self.rank
+
+    def sample_indices(self, step: int, a: int) -> np.ndarray:
+        off = step * self.global_batch + self.micro_index(a) * self.microbatch
+        return np.arange(off, off + self.microbatch, dtype=np.int64)
+
+
+class TrainMicrobatches(torch.utils.data.Dataset):
+    """Item i is this process's i-th microbatch from ``start_step`` on (map-style, so DataLoader workers keep order)."""
+
+    def __init__(self, split: TokenizedSplit, masker: MLMMasker, plan: BatchPlan, start_step: int, total_steps: int,
+                 trim: bool = True):
+        self.split, self.masker, self.plan = split, masker, plan
+        self.start, self.total, self.trim = start_step, total_steps, trim
+
+    def __len__(self):
+        return max(0, (self.total - self.start) * self.plan.accum)
+
+    def __getitem__(self, i: int) -> dict:
+        step, a = self.start + i // self.plan.accum, i % self.plan.accum
+        g = self.plan.sample_indices(step, a)
+        rows = global_rows(self.plan.seed, len(self.split), g)
+        return make_batch(self.split, rows, g, self.masker, self.trim)
+
+
+class TrainLoader:
+    """Yields ``(step, [microbatch, ...])`` for each optimizer step from its position on. The position (the next step
+    to read) is its state: ``load_state_dict`` before iterating resumes exactly where a checkpoint was written."""
+
+    def __init__(self, split: TokenizedSplit, masker: MLMMasker, plan: BatchPlan, total_steps: int,
+                 num_workers: int = 0, pin_memory: bool = False):
+        self.split, self.masker, self.plan, self.total_steps = split, masker, plan, total_steps
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "samples": self.step * self.plan.global_batch}
+
+    def load_state_dict(self, state: dict):
+        self.step = int(state["step"])
+
+    def __iter__(self) -> Iterator[tuple[int, list[dict]]]:
+        ds = TrainMicrobatches(self.split, self.masker, self.plan, self.step, self.total_steps)
+        it = iter(torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.num_workers,
+                                              pin_memory=self.pin_memory,
+                                              prefetch_factor=4 if self.num_workers > 0 else None))
+        for step in range(self.step, self.total_steps):
+            micro = [next(it) for _ in range(self.plan.accum)]
+            self.step = step + 1
+            yield step, micro
+
+
+def eval_batches(split: TokenizedSplit, masker: MLMMasker, n_samples: int, microbatch: int, num_processes: int, rank: int):
+    """Fixed held-out batches (first ``n_samples`` rows, fixed masks), strided over processes."""
+    n = min(n_samples, len(split))
+    for j, s in enumerate(range(0, n, microbatch)):
+        if j % num_processes == rank:
+            rows = np.arange(s, min(s + microbatch, n))
+            yield make_batch(split, rows, rows, masker)
