@@ -108,3 +108,15 @@ def test_compiled_rows_record_failures(bench, tmp_path):
     for r in rows:
         assert ("tokens_per_s" in r and r["tokens_per_s"] > 0) or r["error"]
     assert "tokens_per_s" in rows[0], rows[0]  # HF BERT compiles
+
+
+def test_cpu_layout_matches_the_models_own_unpadding(bench):
+    from mosaic_bert.modeling.bert_padding import unpad_mask
+
+    b = bench.case_batches(bench.Case("train", 8, 16, 0.25), 1, 1000, seed=3)[0]
+    lay = bench.cpu_layout(b)
+    u = unpad_mask(b["attention_mask"])
+    assert torch.equal(lay["indices"], u.indices) and torch.equal(lay["cu_seq_lens_q"], u.cu_seqlens.to(torch.int32))
+    lens = b["attention_mask"].sum(1)
+    assert lay["max_length_q"] == int(lens.max()) <= int(u.max_seqlen) and isinstance(lay["max_length_q"], int)
+    assert all(lay[k] is b[k] for k in b)
