@@ -31,7 +31,7 @@ def steady_state(metrics_path, skip_windows=3):
             "last_eval": ev[-1] if ev else None, "final_train_loss": tr[-1]["loss"] if tr else None}
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", required=True, help="output_dir of the real run (config.json, metrics.jsonl)")
     ap.add_argument("--lengths", required=True, help="train_lengths.npy of the run's tokenized cache")
@@ -43,25 +43,33 @@ def main():
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda")
-    a = ap.parse_args()
-    dev = torch.device(a.device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    torch.manual_seed(0)
-    cfg = BertConfig.from_pretrained(a.run)
-    model = BertForMaskedLM(cfg).to(dev).train()
-    opt = build_optimizer(model, 5e-4, (0.9, 0.98), 1e-6, 1e-5)
+    return ap.parse_args()
+
+
+def synthetic_batches(a, vocab_size, dev, n=8):
+    """Random ids on the device, with rows as long as the real run's (sampled from its length distribution); each
+    with (tokens, sum of squared lengths, masked positions) for the FLOP count."""
     lengths = np.load(a.lengths)
     rng = np.random.default_rng(0)
     batches = []
-    for _ in range(8):
+    for _ in range(n):
         lens = torch.from_numpy(rng.choice(lengths, a.microbatch)).to(dev)
         width = int(lens.max())
         am = (torch.arange(width, device=dev)[None, :] < lens[:, None]).long()
-        ids = torch.randint(5, cfg.vocab_size, (a.microbatch, width), device=dev) * am
+        ids = torch.randint(5, vocab_size, (a.microbatch, width), device=dev) * am
         sel = (torch.rand(a.microbatch, width, device=dev) < a.mlm) & am.bool()
         labels = torch.where(sel, ids, torch.full_like(ids, -100))
         lens_c = lens.long().cpu()
         batches.append((ids, am, labels, int(am.sum()), int((lens_c * lens_c).sum()), int(sel.sum())))
+    return batches
+
+
+def bare_loop(a, cfg, dev) -> dict:
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    model = BertForMaskedLM(cfg).to(dev).train()
+    opt = build_optimizer(model, 5e-4, (0.9, 0.98), 1e-6, 1e-5)
+    batches = synthetic_batches(a, cfg.vocab_size, dev)
     n_params, hidden, vocab = model_flop_params(model)
 
     def step(i):
@@ -84,20 +92,25 @@ def main():
         loss = step(i)
         for j in range(a.accum):
             b = batches[(i * a.accum + j) % len(batches)]
-            tokens += b[3]
-            samples += a.microbatch
+            tokens, samples = tokens + b[3], samples + a.microbatch
             flops += step_flops(n_params, hidden, vocab, cfg.num_hidden_layers, b[3], b[4], b[5])
     loss.item()
     sync()
     dt = time.perf_counter() - t0
     peak = peak_flops(dev)
-    bare = {"steps": a.steps, "seconds": dt, "tokens_per_s": tokens / dt, "samples_per_s": samples / dt,
+    return {"steps": a.steps, "seconds": dt, "tokens_per_s": tokens / dt, "samples_per_s": samples / dt,
             "tflops_per_s": flops / dt / 1e12, "mfu": (flops / dt / peak) if peak else None,
-            "max_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None, "microbatch": a.microbatch, "accum": a.accum,
-            "attention_backend": getattr(cfg, "attention_backend", None)}
+            "max_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None,
+            "microbatch": a.microbatch, "accum": a.accum, "attention_backend": getattr(cfg, "attention_backend", None)}
+
+
+def main():
+    a = parse_args()
+    dev = torch.device(a.device)
+    bare = bare_loop(a, BertConfig.from_pretrained(a.run), dev)
     real = steady_state(os.path.join(a.run, "metrics.jsonl"))
-    res = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__, "bare_loop": bare,
-           "pretrain_script": real,
+    res = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
+           "bare_loop": bare, "pretrain_script": real,
            "data_path_overhead": (1 - real["samples_per_s"] / bare["samples_per_s"]) if real["samples_per_s"] else None}
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)

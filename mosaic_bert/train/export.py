@@ -88,6 +88,15 @@ def write_model_card(out_dir, recipe, summary: dict, records: list[dict]) -> Pat
     return path
 
 
+def result_message(summary: dict) -> str:
+    fe, le = summary["first_eval"], summary["last_eval"]
+    if not (fe and le):
+        return f"[pretrain] {summary['steps']} steps ({summary['wall_time_s']:.0f} s wall)"
+    return (f"[pretrain] held-out MLM loss {fe['eval_loss']:.4f} -> {le['eval_loss']:.4f}, masked accuracy "
+            f"{fe['eval_accuracy']:.4f} -> {le['eval_accuracy']:.4f} after {summary['steps']} steps "
+            f"({summary['wall_time_s']:.0f} s wall)")
+
+
 def export_run(out_dir, model, tokenizer, recipe, summary: dict, records: list[dict]):
     """The finished run's folder: weights (+ remote code), tokenizer, recipe, loss curve, model card, summary."""
     out_dir = Path(out_dir)

@@ -75,6 +75,11 @@ class ThroughputWindow:
         return rec
 
 
+def eval_message(rec: dict) -> str:
+    return (f"[eval] step {rec['step']}: held-out MLM loss {rec['eval_loss']:.4f}, masked accuracy "
+            f"{rec['eval_accuracy']:.4f} ({rec['eval_masked_tokens']} masked tokens)")
+
+
 def resolve_trackers(spec: Optional[str]) -> list[str]:
     """``auto``: tensorboard when installed; ``none``; or a comma list of Accelerate trackers."""
     if spec == "auto":

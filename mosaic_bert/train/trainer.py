@@ -17,39 +17,19 @@ from accelerate.utils import set_seed
 from .checkpoint import CheckpointManager
 from .config import Recipe, check_batch, duration_to_steps
 from .data import BatchPlan, TrainLoader, build_data, eval_batches
-from .export import export_run
+from .export import export_run, result_message
 from .flops import model_flop_params, peak_flops, step_flops
 from .masking import MLMMasker
-from .metrics import MetricsLog, ProgressBar, ThroughputWindow, tracker_values
+from .metrics import MetricsLog, ProgressBar, ThroughputWindow, eval_message, tracker_values
 from .model import model_family
 from .optim import build_training_optimization
 from .runtime import build_accelerator, init_trackers, main_process_printer, resolve_precision, seed_microbatch
-
-
-class TrainState:
-    """What a checkpoint must restore besides model/optimizer/RNG: the step, the totals seen, the loader position."""
-
-    def __init__(self, loader: TrainLoader, total_steps: int):
-        self.loader, self.total_steps = loader, total_steps
-        self.step = self.samples_seen = self.tokens_seen = 0
-
-    def state_dict(self) -> dict:
-        return {"step": self.step, "samples_seen": self.samples_seen, "tokens_seen": self.tokens_seen,
-                "total_steps": self.total_steps, "loader": self.loader.state_dict()}
-
-    def load_state_dict(self, d: dict):
-        self.step, self.samples_seen, self.tokens_seen = int(d["step"]), d.get("samples_seen", 0), d.get("tokens_seen", 0)
-        self.loader.load_state_dict(d.get("loader", {"step": self.step}))
-
-
-class Callback:
-    """Hook called after every optimizer step (e.g. a test that kills the run at step N)."""
-
-    def on_step_end(self, trainer: "Trainer"):
-        pass
+from .state import TrainState
 
 
 class Trainer:
+    """``Trainer(recipe, resume=None | "latest" | PATH, callbacks=[Callback, ...]).fit()`` -> the run's summary."""
+
     def __init__(self, recipe: Recipe, resume=None, callbacks=()):
         self.recipe, self.callbacks, self.t_start = recipe, list(callbacks), time.time()
         t = recipe.train
@@ -59,7 +39,9 @@ class Trainer:
                               acc.num_processes, acc.process_index)
         self.checkpoints = CheckpointManager(t.output_dir, acc, t.keep_checkpoints)
         ckpt = self.checkpoints.find(resume)
-        resumed = self.checkpoints.check_compatible(ckpt, recipe) if ckpt else self.checkpoints.start_fresh(self.say)
+        resumed = self.checkpoints.check_compatible(ckpt, recipe) if ckpt else None
+        if ckpt is None:
+            self.checkpoints.start_fresh(self.say)
         self.data = data = build_data(recipe.data, recipe.tokenizer, acc, log=self.say)
         total = duration_to_steps(t.max_duration, t.global_batch_size, data.meta["train"]["mean_tokens_per_row"])
         self.family = model_family(recipe.model.family)
@@ -144,8 +126,7 @@ class Trainer:
         self.model.train()
         rec = {"step": self.state.step, "eval_loss": loss / max(n, 1.0), "eval_accuracy": correct / max(n, 1.0),
                "eval_masked_tokens": int(n)}
-        self.report(rec, f"[eval] step {rec['step']}: held-out MLM loss {rec['eval_loss']:.4f}, masked accuracy "
-                         f"{rec['eval_accuracy']:.4f} ({rec['eval_masked_tokens']} masked tokens)")
+        self.report(rec, eval_message(rec))
         return rec
 
     def save(self):
@@ -160,10 +141,7 @@ class Trainer:
             self.say(msg)
 
     def log_window(self, lr: float) -> dict:
-        rec = self.window.reduce(self.acc, self.state.step, lr)
-        self.state.tokens_seen += rec.pop("tokens")
-        self.state.samples_seen += rec.pop("samples")
-        rec.update(samples_seen=self.state.samples_seen, tokens_seen=self.state.tokens_seen)
+        rec = self.state.count_window(self.window.reduce(self.acc, self.state.step, lr))
         self.report(rec)
         return rec
 
@@ -202,11 +180,7 @@ class Trainer:
         if acc.is_main_process:
             export_run(out_dir, acc.unwrap_model(self.model), self.data.tokenizer, self.recipe, summary,
                        self.metrics.records)
-            fe, le = summary["first_eval"], summary["last_eval"]
-            if fe and le:
-                self.say(f"[pretrain] held-out MLM loss {fe['eval_loss']:.4f} -> {le['eval_loss']:.4f}, masked accuracy "
-                         f"{fe['eval_accuracy']:.4f} -> {le['eval_accuracy']:.4f} after {self.state.step} steps "
-                         f"({summary['wall_time_s']:.0f} s wall)")
+            self.say(result_message(summary))
             self.say(f"[pretrain] saved model, tokenizer and model card to {out_dir}")
         acc.wait_for_everyone()
         acc.end_training()

@@ -40,7 +40,8 @@ def run(args, launcher=None, check=True, resume=None):
 KILL_AT = """
 import os, signal, sys
 from mosaic_bert.train.config import load_recipe
-from mosaic_bert.train.trainer import Callback, Trainer
+from mosaic_bert.train.state import Callback
+from mosaic_bert.train.trainer import Trainer
 
 class KillAt(Callback):   # a real kill -9 after optimizer step N, mid-run
     def __init__(self, step):

@@ -6,14 +6,63 @@ from pathlib import Path
 
 import pytest
 
-from mosaic_bert.train.config import (RecipeError, check_batch, duration_to_steps, load_recipe,
-                                warmup_steps)
+from mosaic_bert.train.config import (RECIPES_DIR, RecipeError, check_batch, duration_to_steps, load_recipe,
+                                      warmup_steps)
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_tiny_default_yaml_is_the_embedded_default():
-    assert load_recipe("tiny-default").to_dict() == load_recipe(None).to_dict()
+@pytest.mark.parametrize("name", ["tiny-default", "mosaic-bert-base-uncased", "mosaic-bert-large-uncased",
+                                  "hf-bert-base-uncased"])
+def test_shipped_recipe_keys_all_arrive(name):
+    """Every key a shipped YAML sets reaches the recipe with its value (no key silently dropped or re-typed away)."""
+    import yaml
+    raw = yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text())
+    r = load_recipe(name).to_dict()
+    assert r["name"] == raw["name"] == name
+    for section, values in raw.items():
+        if section == "name":
+            continue
+        for k, v in values.items():
+            got = r[section][k]
+            assert (list(got) if isinstance(got, tuple) else got) == (float(v) if isinstance(got, float) else v), (section, k)
+
+
+def test_no_recipe_means_the_tiny_default_the_readme_describes():
+    r = load_recipe(None)
+    assert r.name == "tiny-default" and r.train.output_dir == "runs/tiny-default"
+    assert (r.model.hidden_size, r.model.num_hidden_layers, r.tokenizer.vocab_size) == (256, 2, 4096)
+    assert (r.tokenizer.name_or_path, r.data.train_files, r.data.hub_name) == (None, None, None)  # embedded corpus
+    assert r.train.max_duration == "400ba" and r.train.global_batch_size == 32
+
+
+def test_model_section_is_bert_config():
+    """The model section's fields and defaults are BertConfig's (only the vocabulary comes from the tokenizer), so
+    a new config field needs no recipe change; overrides reach the built model's config."""
+    from mosaic_bert.modeling import BertConfig
+    from mosaic_bert.train.model import model_family
+    defaults = BertConfig().to_dict()
+    model = load_recipe(None).model.__class__()
+    for k in ("fused_geglu", "low_precision_layernorm", "attention_backend", "alibi_starting_size", "layer_norm_eps"):
+        assert getattr(model, k) == defaults[k]
+    assert model.vocab_size is None and not hasattr(model, "pad_token_id")
+    r = load_recipe(None, ["model.low_precision_layernorm=false", "model.attention_backend=eager",
+                           "model.layer_norm_eps=1e-6", "model.num_hidden_layers=1"])
+    cfg = model_family("mosaic").build(r.model, tokenizer_len=100, pad_token_id=3).config
+    assert (cfg.low_precision_layernorm, cfg.attention_backend, cfg.layer_norm_eps) == (False, "eager", 1e-6)
+    assert (cfg.vocab_size, cfg.pad_token_id, cfg.hidden_size) == (128, 3, 256)
+    with pytest.raises(RecipeError, match="attention_backend"):
+        model_family("mosaic").build(load_recipe(None, ["model.attention_backend=fast"]).model, 100, 0)
+    hf = model_family("hf").build(load_recipe(None, ["model.family=hf", "model.num_hidden_layers=1"]).model, 100, 0)
+    assert type(hf).__module__.startswith("transformers") and not hasattr(hf.config, "alibi_starting_size")
+
+
+def test_fingerprint_is_marked_on_the_fields():
+    base = load_recipe(None).fingerprint()
+    for detail in ("train.eval_interval=7", "train.output_dir=elsewhere", "data.num_workers=3", "train.trackers=none"):
+        assert load_recipe(None, [detail]).fingerprint() == base, detail
+    for identity in ("train.lr=1e-4", "model.fused_geglu=false", "data.max_seq_len=64", "tokenizer.vocab_size=512"):
+        assert load_recipe(None, [identity]).fingerprint() != base, identity
 
 
 def test_paper_recipe_numbers():
@@ -57,3 +106,17 @@ def test_print_recipe_cli():
     p = subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain.py"), "mosaic-bert-base-uncased",
                         "train.lr=3e-4", "--print-recipe"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "lr: 0.0003" in p.stdout
+
+
+def test_checkpoint_compatibility_against_older_fingerprints():
+    """A field added since a checkpoint was written counts as its default there; a changed value is refused."""
+    import json
+    from mosaic_bert.train.checkpoint import fingerprint_diffs
+    as_json = lambda r: json.loads(json.dumps(r.fingerprint(), default=str))
+    now, defaults = as_json(load_recipe(None)), as_json(load_recipe(None).__class__())
+    older = json.loads(json.dumps(now))
+    del older["model"]["fused_geglu"]                       # not recorded then
+    older["model"]["extra"] = {}                            # recorded then, removed since
+    assert fingerprint_diffs(older, now, defaults) == []
+    older["train"]["lr"] = 0.5
+    assert fingerprint_diffs(older, now, defaults) == ["train.lr: checkpoint 0.5 vs now 0.001"]
