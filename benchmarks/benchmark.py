@@ -699,6 +699,31 @@ def environment(device: str) -> dict:
     return env
 
 
+TARGET_PEER, TARGET_RATIO = "hf-bert-sdpa-compiled", 1.5  # issue 10: >= 1.5x HF BERT + torch.compile
+
+
+def target_lines(rows: list[dict]) -> list[str]:
+    """Per case: our fastest row against HF BERT + torch.compile (the issue's target) and peak memory against HF BERT's
+    (eager and compiled; the target is <= both)."""
+    lines = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        mine = [r for r in rows if r["case"] == case and r["ours"] and "tokens_per_s" in r]
+        ref = next((r for r in rows if r["case"] == case and r["model"] == TARGET_PEER and "tokens_per_s" in r), None)
+        if not mine or ref is None:
+            continue
+        best = max(mine, key=lambda r: r["tokens_per_s"])
+        ratio = best["tokens_per_s"] / ref["tokens_per_s"]
+        text = (f"{case}: {best['model']} / {TARGET_PEER} = {ratio:.2f}x (target >= {TARGET_RATIO}: "
+                f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})")
+        hf_mem = [r["peak_mem_gib"] for r in rows if r["case"] == case and r["model"].startswith("hf-bert")
+                  and "peak_mem_gib" in r]
+        if hf_mem and "peak_mem_gib" in best:
+            ok = best["peak_mem_gib"] <= min(hf_mem)
+            text += f"; peak memory {best['peak_mem_gib']:.2f} vs HF BERT {min(hf_mem):.2f} GiB ({'met' if ok else 'NOT met'})"
+        lines.append(f"- {text}")
+    return lines
+
+
 def compare_markdown(rows: list[dict], env: dict, args) -> str:
     gpu = env.get("gpu", "CPU (smoke: tiny configs, fp32, not a measurement)")
     lines = [
@@ -730,6 +755,9 @@ def compare_markdown(rows: list[dict], env: dict, args) -> str:
                                      "CPU-side unpadding" if r.get("inputs", "padded") != "padded" else "") if x)
         lines.append(f"| {r['case']} | {r['model']} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | {mfu} | "
                      f"{mem} | {vs} | {r['first_step_s']:.1f} / {r['warmup_s']:.1f} | {note} |")
+    goals = target_lines(rows)
+    if goals:
+        lines += ["", "Targets (issue 10):", ""] + goals
     return "\n".join(lines) + "\n"
 
 

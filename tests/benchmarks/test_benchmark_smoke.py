@@ -120,3 +120,13 @@ def test_cpu_layout_matches_the_models_own_unpadding(bench):
     lens = b["attention_mask"].sum(1)
     assert lay["max_length_q"] == int(lens.max()) <= int(u.max_seqlen) and isinstance(lay["max_length_q"], int)
     assert all(lay[k] is b[k] for k in b)
+
+
+def test_target_lines_by_hand(bench):
+    rows = [dict(case="c", model="hf-bert-sdpa", ours=False, tokens_per_s=100.0, peak_mem_gib=10.0),
+            dict(case="c", model="hf-bert-sdpa-compiled", ours=False, tokens_per_s=200.0, peak_mem_gib=8.0),
+            dict(case="c", model="ours", ours=True, tokens_per_s=250.0, peak_mem_gib=6.0),
+            dict(case="c", model="ours-compiled", ours=True, tokens_per_s=320.0, peak_mem_gib=9.0)]
+    (line,) = bench.target_lines(rows)
+    assert "ours-compiled / hf-bert-sdpa-compiled = 1.60x" in line and "target >= 1.5: met" in line
+    assert "peak memory 9.00 vs HF BERT 8.00 GiB (NOT met)" in line
