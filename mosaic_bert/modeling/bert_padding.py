@@ -9,7 +9,7 @@ cheaply.
 document packed into that row): then every document becomes its own sequence, so attention never crosses documents.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -56,39 +56,47 @@ def index_put_first_axis(values: torch.Tensor, indices: torch.Tensor, first_axis
 class Unpadded(NamedTuple):
     """Where the real tokens of a `(batch, seqlen)` grid are, grouped into sequences (rows or packed documents)."""
 
-    indices: torch.Tensor  # (total_nnz,) flat positions in the (batch * seqlen) grid, each sequence contiguous
+    indices: Optional[torch.Tensor]  # (total_nnz,) flat positions in the (batch * seqlen) grid; None: every position
     cu_seqlens: torch.Tensor  # (n_seqs + 1,) int32 offsets of each sequence in the unpadded tokens
-    max_seqlen: int  # length of the longest sequence
+    max_seqlen: int  # an upper bound on the sequence lengths (zero-length sequences are allowed)
     batch: int
     seqlen: int
 
 
-def unpad_mask(attention_mask: torch.Tensor) -> Unpadded:
+def unpad_mask(attention_mask: torch.Tensor, max_seqlen: Optional[int] = None) -> Unpadded:
     """Find the real tokens of `attention_mask` `(batch, seqlen)` (0/1, or document ids with 0 for padding).
 
-    Empty rows and empty documents yield no sequence. The token order is row-major; with document ids, tokens are
-    grouped by (row, document) so that each document is contiguous even if its ids are interleaved in the row.
+    One code path for both kinds of mask, with no host sync of its own beyond the two data-dependent sizes (the
+    number of real tokens and of sequences; unbacked sizes under torch.compile/torch.export). Empty rows and empty
+    documents yield no sequence. The token order is row-major; with document ids, tokens are grouped by
+    (row, document) so that each document is contiguous even if its ids are interleaved in the row. `max_seqlen`
+    defaults to the padded length `seqlen`, a bound that costs no sync.
     """
     if attention_mask.dim() != 2:
         raise ValueError(f"attention_mask must be (batch, seqlen), got shape {tuple(attention_mask.shape)}")
     batch, seqlen = attention_mask.shape
-    mask = attention_mask.to(torch.long)
-    flat = mask.flatten()
-    n_docs = int(mask.max()) if mask.numel() else 0
-    if n_docs <= 1:
-        indices = torch.nonzero(flat, as_tuple=False).flatten()
-        seqlens = mask.ne(0).sum(dim=-1)
-    else:
-        # One sequence per (row, document id): sort the real tokens by (row, id, position).
-        real = torch.nonzero(flat, as_tuple=False).flatten()
-        row = real // seqlen
-        key = (row * (n_docs + 1) + flat[real]) * seqlen + real % seqlen
-        indices = real[torch.argsort(key)]
-        seqlens = torch.bincount(row * (n_docs + 1) + flat[real], minlength=batch * (n_docs + 1))
-    seqlens = seqlens[seqlens > 0].to(torch.int32)
-    cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
-    max_seqlen = int(seqlens.max()) if seqlens.numel() else 0
-    return Unpadded(indices, cu_seqlens, max_seqlen, batch, seqlen)
+    flat = attention_mask.reshape(-1).to(torch.long)
+    real = torch.nonzero(flat, as_tuple=False).flatten()  # (total_nnz,) row-major
+    group = (real // seqlen) * 2**32 + flat[real]  # one value per (row, document)
+    order = torch.argsort(group * seqlen + real % seqlen)  # unique keys; the identity for 0/1 masks
+    indices, group = real[order], group[order]
+    starts = group != torch.cat([group[:1] - 1, group[:-1]])  # first token of each sequence
+    seq_starts = torch.nonzero(starts, as_tuple=False).flatten()
+    total = torch.full((1,), indices.shape[0], dtype=seq_starts.dtype, device=seq_starts.device)
+    cu_seqlens = torch.cat([seq_starts, total]).to(torch.int32)
+    return Unpadded(indices, cu_seqlens, seqlen if max_seqlen is None else max_seqlen, batch, seqlen)
+
+
+def full_layout(batch: int, seqlen: int, device) -> Unpadded:
+    """Every position is a token: one sequence per row, no gather (static sizes, no sync)."""
+    cu_seqlens = torch.arange(0, (batch + 1) * seqlen, seqlen, dtype=torch.int32, device=device)
+    return Unpadded(None, cu_seqlens, seqlen, batch, seqlen)
+
+
+def gather_tokens(x: torch.Tensor, indices: Optional[torch.Tensor]) -> torch.Tensor:
+    """`(batch, seqlen, ...)` → `(total_nnz, ...)` at `indices` (all positions when None)."""
+    flat = x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+    return flat if indices is None else index_first_axis(flat, indices)
 
 
 def unpad_input(hidden_states: torch.Tensor, attention_mask: torch.Tensor):
@@ -98,14 +106,18 @@ def unpad_input(hidden_states: torch.Tensor, attention_mask: torch.Tensor):
     return index_first_axis(flat, u.indices), u.indices, u.cu_seqlens, u.max_seqlen
 
 
-def pad_input(hidden_states: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:
-    """`(total_nnz, ...)` → `(batch, seqlen, ...)` with zeros at the padding."""
+def pad_input(hidden_states: torch.Tensor, indices: Optional[torch.Tensor], batch: int, seqlen: int) -> torch.Tensor:
+    """`(total_nnz, ...)` → `(batch, seqlen, ...)` with zeros at the padding (a view when `indices` is None)."""
+    if indices is None:
+        return hidden_states.view(batch, seqlen, *hidden_states.shape[1:])
     out = index_put_first_axis(hidden_states, indices, batch * seqlen)
     return out.view(batch, seqlen, *hidden_states.shape[1:])
 
 
 __all__ = [
     "Unpadded",
+    "full_layout",
+    "gather_tokens",
     "index_first_axis",
     "index_put_first_axis",
     "pad_input",

@@ -20,6 +20,10 @@ class BertConfig(_HFBertConfig):
             "flash_attn" (the flash-attn 2 package, if installed), "sdpa" or "eager" (plain matmul-softmax).
         low_precision_layernorm (bool): under bf16/fp16 autocast, run LayerNorm in that precision instead of
             autocast's fp32 (faster, as in the paper).
+        check_inputs (bool): check input values (ids within the vocab, mask and label rules, cu_seq_lens_q) with
+            errors that name the fix. Free for CPU tensors (always checked); for tensors on an accelerator it costs
+            one host sync per forward, which False skips (e.g. a training loop whose collator checks on the CPU).
+            Never inside torch.compile/torch.export graphs.
         fused_geglu (bool): deprecated and ignored (kept so that saved configs load). The GeGLU is plain PyTorch;
             `torch.compile(model)` fuses it, with the rest of the layer, into a few kernels.
 
@@ -35,6 +39,7 @@ class BertConfig(_HFBertConfig):
         attention_backend: str = "auto",
         low_precision_layernorm: bool = True,
         fused_geglu: bool = True,
+        check_inputs: bool = True,
         **kwargs,
     ):
         if attention_backend not in ATTENTION_BACKENDS:
@@ -46,6 +51,7 @@ class BertConfig(_HFBertConfig):
         self.attention_backend = attention_backend
         self.low_precision_layernorm = bool(low_precision_layernorm)
         self.fused_geglu = bool(fused_geglu)
+        self.check_inputs = bool(check_inputs)
         super().__init__(
             vocab_size=vocab_size, attention_probs_dropout_prob=attention_probs_dropout_prob, **kwargs
         )

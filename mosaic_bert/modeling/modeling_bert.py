@@ -8,10 +8,16 @@ Read top to bottom, this file is the whole model:
                     GeGLU MLP, post-LN                                 (total_nnz, hidden)
       -> repad at the end                                              (batch, seqlen, hidden)
 
-Attention runs on the unpadded tokens: the Triton kernel (`flash_attn_triton.py`) on CUDA in fp16/bf16, else an
-always-correct PyTorch path that pads each sequence to the longest one. ALiBi adds -slope_h * |i - j| to the scores
-and is computed on the fly from per-head slopes, so nothing of size L^2 is model state and any input length works.
-The MLM head runs only at the masked positions when `labels` are given.
+Inputs come padded (`attention_mask`), or padding-free in transformers' convention (`input_ids` (1, total) with
+`cu_seq_lens_q`/`max_length_q`, or `position_ids`), or padded with the unpadding precomputed by the collator
+(`indices` + `cu_seq_lens_q` + `max_length_q`); see `_token_layout`. Given their sizes, the forward never asks the
+GPU for anything, so `torch.compile(model, fullgraph=True)` and `torch.export` capture it whole.
+
+Attention runs on the unpadded tokens through one table of implementations (`ATTENTION_FUNCTIONS`), chosen in one
+function (`resolve_attention_backend`): the Triton kernel as the custom op `torch.ops.mosaic_bert.varlen_alibi_attn_*`
+(`flash_attn_triton.py`) on CUDA in fp16/bf16, else PyTorch SDPA or eager paths that pad each sequence. ALiBi adds
+-slope_h * |i - j| to the scores and is computed on the fly from per-head slopes, so nothing of size L^2 is model
+state and any input length works. The MLM head runs only at the masked positions when `labels` are given.
 
 Parameter names follow the original MosaicBERT checkpoints (`bert.encoder.layer.N.attention.self.Wqkv`,
 `mlp.gated_layers`, `mlp.wo`, `mlp.layernorm`, ...). Config fields MosaicBERT adds are read with defaults, so a stock
@@ -34,11 +40,18 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import logging
 
-from .bert_padding import Unpadded, index_first_axis, index_put_first_axis, pad_input, unpad_mask
+from .bert_padding import (
+    Unpadded,
+    full_layout,
+    gather_tokens,
+    index_first_axis,
+    index_put_first_axis,
+    pad_input,
+    unpad_mask,
+)
 from .configuration_bert import ATTENTION_BACKENDS, BertConfig
-from .flash_attn_triton import flash_attn_varlen_qkvpacked_func as triton_varlen_qkvpacked
 from .flash_attn_triton import is_available as triton_is_available
-from .flash_attn_triton import varlen_padded_layout
+from .flash_attn_triton import varlen_attention, varlen_padded_layout
 
 try:  # flash-attn 2 (has alibi_slopes): an optional alternative kernel
     from flash_attn import flash_attn_varlen_qkvpacked_func as fa2_varlen_qkvpacked
@@ -67,9 +80,16 @@ def alibi_slopes_list(n_heads: int) -> list[float]:
 
 
 @functools.lru_cache(maxsize=16)
-def alibi_slopes(n_heads: int, device: torch.device) -> torch.Tensor:
-    """(n_heads,) fp32 slopes on `device`, built once per device (never on the meta device at model build time)."""
+def _cached_alibi_slopes(n_heads: int, device: torch.device) -> torch.Tensor:
     return torch.tensor(alibi_slopes_list(n_heads), dtype=torch.float32, device=device)
+
+
+def alibi_slopes(n_heads: int, device: torch.device) -> torch.Tensor:
+    """(n_heads,) fp32 slopes on `device`: built once per device in eager mode (never on the meta device at model
+    build time); a constant of the graph under torch.compile/export."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(alibi_slopes_list(n_heads), dtype=torch.float32, device=device)
+    return _cached_alibi_slopes(n_heads, device)
 
 
 def alibi_bias(slopes: torch.Tensor, seqlen: int) -> torch.Tensor:
@@ -140,8 +160,10 @@ def sdpa_attention(qkv, seqs: Sequences, slopes, dropout_p: float) -> torch.Tens
 
 
 def triton_attention(qkv, seqs: Sequences, slopes, dropout_p: float) -> torch.Tensor:
-    """The varlen kernel with in-kernel ALiBi (`flash_attn_triton.py`); no attention dropout."""
-    return triton_varlen_qkvpacked(qkv, seqs.cu_seqlens, seqs.max_seqlen, alibi_slopes=slopes)
+    """The custom op `torch.ops.mosaic_bert.varlen_alibi_attn_fwd_v1` (`flash_attn_triton.py`): the Triton varlen
+    kernel with in-kernel ALiBi for fp16/bf16 on CUDA, the same math in PyTorch elsewhere. torch.compile and
+    torch.export see one opaque node with a registered backward. No attention dropout."""
+    return varlen_attention(qkv, seqs.cu_seqlens, seqs.max_seqlen, slopes)
 
 
 def flash_attn_attention(qkv, seqs: Sequences, slopes, dropout_p: float) -> torch.Tensor:
@@ -167,20 +189,18 @@ def torch_attention(qkv, seqs: Sequences, slopes, dropout_p: float, backend: str
 def resolve_attention_backend(config, device: torch.device, dtype: torch.dtype, dropout_p: float) -> str:
     """The one place that picks the attention implementation, from the config, the device, the activation dtype
     (the autocast dtype when autocast is on) and whether attention dropout is active. "auto": the Triton kernel on
-    CUDA in fp16/bf16 without attention dropout, else flash-attn 2 if installed, else SDPA. The fused kernels have no
-    attention dropout: with dropout active an explicit "triton" falls back to SDPA with a one-time warning."""
+    CUDA in fp16/bf16 without attention dropout, else flash-attn 2 if installed, else SDPA. An explicit "triton" runs
+    anywhere (its op falls back to the same math in PyTorch off CUDA or in fp32), but has no attention dropout: with
+    dropout active it falls back to SDPA with a one-time warning."""
     backend = getattr(config, "attention_backend", "auto") or "auto"
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"config.attention_backend={backend!r} is not one of {ATTENTION_BACKENDS}")
     fast_ok = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-    needs = {
-        "triton": (fast_ok and triton_is_available(), "triton, a CUDA device and fp16/bf16 activations (bf16 autocast)"),
-        "flash_attn": (fast_ok and fa2_varlen_qkvpacked is not None, "the flash-attn package on a CUDA device in fp16/bf16"),
-    }
+    needs = {"flash_attn": (fast_ok and fa2_varlen_qkvpacked is not None, "the flash-attn package, CUDA, fp16/bf16")}
     if backend == "auto":
-        usable = [name for name in ("triton", "flash_attn") if needs[name][0]]
-        usable = [name for name in usable if dropout_p == 0.0 or name == "flash_attn"]
-        return usable[0] if usable else "sdpa"
+        if fast_ok and triton_is_available() and dropout_p == 0.0:
+            return "triton"
+        return "flash_attn" if needs["flash_attn"][0] else "sdpa"
     if backend in needs and not needs[backend][0]:
         raise RuntimeError(
             f"attention_backend={backend!r} needs {needs[backend][1]}; "
@@ -385,8 +405,8 @@ class BertOnlyMLMHead(nn.Module):
 # Input checks
 
 
-def _check_inputs(config, input_ids, attention_mask, token_type_ids, inputs_embeds):
-    """Shape and range checks with errors that say what is wrong. One device sync for all value checks."""
+def _check_shapes(input_ids, attention_mask, token_type_ids, inputs_embeds, labels=None):
+    """Shape checks (free: shapes live on the host) with errors that say what is wrong."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
     if input_ids is not None and input_ids.dim() != 2:
@@ -395,37 +415,113 @@ def _check_inputs(config, input_ids, attention_mask, token_type_ids, inputs_embe
             "with input_ids[None] for a single sequence."
         )
     shape = tuple(input_ids.shape) if input_ids is not None else tuple(inputs_embeds.shape[:2])
-    for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+    for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids), ("labels", labels)):
         if t is not None and tuple(t.shape) != shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)} but the inputs have shape {shape}; they must match.")
-    checks = []
-    if input_ids is not None and input_ids.numel():
-        checks += [input_ids.min(), input_ids.max()]
-    if token_type_ids is not None and token_type_ids.numel():
-        checks += [token_type_ids.min(), token_type_ids.max()]
-    if attention_mask is not None and attention_mask.numel():
-        checks += [attention_mask.min()]
-    if not checks:
+
+
+def _value_checks_wanted(config, tensors) -> bool:
+    """Value checks need the values on the host: free for CPU tensors; one sync per forward for tensors on an
+    accelerator (skipped with `config.check_inputs=False`); never inside a compiled graph (skipped there)."""
+    if torch.compiler.is_compiling():
+        return False
+    if all(t.device.type == "cpu" for t in tensors if t is not None):
+        return True
+    return bool(getattr(config, "check_inputs", True))
+
+
+def _check_values(config, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, cu_seqlens=None,
+                  max_seqlen=None, total=None):
+    """Range checks on the values, all read with one host transfer."""
+    if not _value_checks_wanted(config, (input_ids, attention_mask, token_type_ids, labels, cu_seqlens)):
         return
-    values = torch.stack([c.long() for c in checks]).tolist()
+    probes = {}
     if input_ids is not None and input_ids.numel():
-        lo, hi = values[:2]
-        values = values[2:]
-        if lo < 0 or hi >= config.vocab_size:
-            raise ValueError(
-                f"input_ids hold ids in [{lo}, {hi}] but the model's vocab_size is {config.vocab_size}: the tokenizer "
-                "does not match the model (use the tokenizer saved with the model, or a model with a larger vocab)."
-            )
+        probes["ids_lo"], probes["ids_hi"] = input_ids.min(), input_ids.max()
     if token_type_ids is not None and token_type_ids.numel():
-        lo, hi = values[:2]
-        values = values[2:]
-        if lo < 0 or hi >= config.type_vocab_size:
-            raise ValueError(
-                f"token_type_ids hold values in [{lo}, {hi}] but type_vocab_size is {config.type_vocab_size}; "
-                "segment ids must be 0 .. type_vocab_size - 1."
-            )
-    if values and values[0] < 0:
+        probes["tt_lo"], probes["tt_hi"] = token_type_ids.min(), token_type_ids.max()
+    if attention_mask is not None and attention_mask.numel():
+        probes["mask_lo"] = attention_mask.min()
+        if labels is not None:
+            probes["labels_at_pad"] = ((labels != -100) & (attention_mask == 0)).any()
+    if cu_seqlens is not None:
+        lens = cu_seqlens[1:] - cu_seqlens[:-1]
+        probes["cu_first"], probes["cu_last"] = cu_seqlens[0], cu_seqlens[-1]
+        if lens.numel():
+            probes["len_lo"], probes["len_hi"] = lens.min(), lens.max()
+    if not probes:
+        return
+    device = next(iter(probes.values())).device
+    v = dict(zip(probes, torch.stack([t.to(device=device, dtype=torch.long) for t in probes.values()]).tolist()))
+    if "ids_lo" in v and (v["ids_lo"] < 0 or v["ids_hi"] >= config.vocab_size):
+        raise ValueError(
+            f"input_ids hold ids in [{v['ids_lo']}, {v['ids_hi']}] but the model's vocab_size is {config.vocab_size}: "
+            "the tokenizer does not match the model (use the tokenizer saved with the model, or a model with a larger "
+            "vocab)."
+        )
+    if "tt_lo" in v and (v["tt_lo"] < 0 or v["tt_hi"] >= config.type_vocab_size):
+        raise ValueError(
+            f"token_type_ids hold values in [{v['tt_lo']}, {v['tt_hi']}] but type_vocab_size is "
+            f"{config.type_vocab_size}; segment ids must be 0 .. type_vocab_size - 1."
+        )
+    if v.get("mask_lo", 0) < 0:
         raise ValueError("attention_mask must be 0 (padding), 1 (token), or document ids >= 1 for packed rows.")
+    if v.get("labels_at_pad", 0):
+        raise ValueError("labels mark padding positions (attention_mask == 0); set them to -100.")
+    if "cu_first" in v and (v["cu_first"] != 0 or v["cu_last"] != total or v.get("len_lo", 0) < 0):
+        raise ValueError(
+            f"cu_seq_lens_q must start at 0, never decrease and end at the number of tokens ({total}); it starts at "
+            f"{v['cu_first']} and ends at {v['cu_last']}."
+        )
+    if max_seqlen is not None and v.get("len_hi", 0) > max_seqlen:
+        raise ValueError(f"a sequence has {v['len_hi']} tokens but max_length_q is {max_seqlen}; it must be >= every "
+                         "sequence length.")
+
+
+def _token_layout(input_ids, inputs_embeds, attention_mask, position_ids, cu_seq_lens_q, cu_seq_lens_k, max_length_q,
+                  max_length_k, indices) -> Unpadded:
+    """Where the real tokens are, from whichever description the caller gave (first match wins):
+    - `cu_seq_lens_q` (+ `max_length_q`): padding-free inputs in transformers' convention (input_ids (1, total),
+      as `DataCollatorWithFlattening(return_flash_attn_kwargs=True)` gives), or, with `indices`, a padded
+      (batch, seqlen) batch whose unpadding the data collator computed on the CPU. The model asks the GPU nothing.
+    - `position_ids` of a padding-free (1, total) batch: each sequence restarts at 0 (one data-dependent size).
+    - `attention_mask` (batch, seqlen): 0/1 or packed document ids (two data-dependent sizes).
+    - nothing: every position is a token (static sizes)."""
+    ref = input_ids if input_ids is not None else inputs_embeds
+    batch, seqlen = ref.shape[0], ref.shape[1]
+    cu = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
+    if cu_seq_lens_q is not None and cu_seq_lens_k is not None and cu_seq_lens_k is not cu_seq_lens_q:
+        if cu_seq_lens_k.shape != cu_seq_lens_q.shape:
+            raise ValueError("MosaicBERT is a self-attention encoder: cu_seq_lens_k must equal cu_seq_lens_q.")
+    max_len = max_length_q if max_length_q is not None else max_length_k
+    if cu is None and position_ids is not None:
+        if batch != 1:
+            raise ValueError(
+                "MosaicBERT has no position embeddings (ALiBi encodes position): position_ids are only read to find "
+                "the sequences of a padding-free batch of shape (1, total); do not pass position_ids otherwise."
+            )
+        pos = position_ids.reshape(-1)
+        starts = (pos == 0) | (torch.arange(pos.shape[0], device=pos.device) == 0)
+        cu = torch.cat([torch.nonzero(starts).flatten(), torch.full((1,), seqlen, device=pos.device)])
+        max_len = seqlen if max_len is None else max_len
+    if cu is not None:
+        if indices is None and batch != 1:
+            raise ValueError(
+                f"cu_seq_lens_q describes a padding-free batch, so input_ids must be (1, total), got {tuple(ref.shape)};"
+                " for a padded batch pass indices (flat positions of the real tokens) as well, or attention_mask only."
+            )
+        if max_len is None:
+            if torch.compiler.is_compiling():
+                raise ValueError("Under torch.compile pass max_length_q (a Python int) with cu_seq_lens_q.")
+            max_len = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0  # one host sync
+        if indices is not None:
+            indices = indices.to(device=ref.device, dtype=torch.long)
+        return Unpadded(indices, cu.to(device=ref.device, dtype=torch.int32), int(max_len), batch, seqlen)
+    if indices is not None:
+        raise ValueError("indices describe a precomputed unpadding: pass cu_seq_lens_q and max_length_q with them.")
+    if attention_mask is None:
+        return full_layout(batch, seqlen, ref.device)
+    return unpad_mask(attention_mask)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -514,51 +610,66 @@ class BertModel(BertPreTrainedModel):
         output_hidden_states=None,
         return_dict=None,
         masked_tokens_mask=None,
+        cu_seq_lens_q=None,
+        cu_seq_lens_k=None,
+        max_length_q=None,
+        max_length_k=None,
+        indices=None,
         **kwargs,
     ):
-        if position_ids is not None:
-            raise ValueError("MosaicBERT has no position embeddings (ALiBi encodes position): do not pass position_ids.")
-        _check_inputs(self.config, input_ids, attention_mask, token_type_ids, inputs_embeds)
+        """Padded inputs: `input_ids` (batch, seqlen) with `attention_mask` (0/1 or packed document ids).
+        Padding-free inputs (no host sync): `input_ids` (1, total) with `cu_seq_lens_q` (n_seqs + 1,) and
+        `max_length_q` (int), transformers' flash-attention kwargs; `position_ids` alone also work (one sync). A
+        padded batch whose unpadding the collator computed: add `indices` (total,) flat positions of the real tokens
+        in the (batch * seqlen) grid to `cu_seq_lens_q` and `max_length_q`. Outputs keep the input's layout."""
+        _check_shapes(input_ids, attention_mask, token_type_ids, inputs_embeds)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         ref = input_ids if input_ids is not None else inputs_embeds
-        batch, seqlen = ref.shape[:2]
-        if attention_mask is None:
-            attention_mask = torch.ones(batch, seqlen, dtype=torch.long, device=ref.device)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros(batch, seqlen, dtype=torch.long, device=ref.device)
+        batch, seqlen = ref.shape[0], ref.shape[1]
+        padding_free = indices is None and (cu_seq_lens_q is not None or cu_seq_lens_k is not None
+                                            or position_ids is not None)
 
         # Unpad once: everything below runs on (total_nnz, ...).
-        u: Unpadded = unpad_mask(attention_mask)
+        u = _token_layout(input_ids, inputs_embeds, attention_mask, position_ids, cu_seq_lens_q, cu_seq_lens_k,
+                          max_length_q, max_length_k, indices)
+        cu_given = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
+        total = u.indices.shape[0] if u.indices is not None else batch * seqlen
+        _check_values(self.config, input_ids, None if padding_free else attention_mask, token_type_ids,
+                      cu_seqlens=cu_given, max_seqlen=u.max_seqlen if cu_given is not None else None, total=total)
         alibi_size = getattr(self.config, "alibi_starting_size", 512)
-        if u.max_seqlen > alibi_size:
+        if not torch.compiler.is_compiling() and u.max_seqlen > alibi_size:  # eager only: no guard on the length
             logger.warning_once(
                 f"Input sequences are longer than config.alibi_starting_size={alibi_size}: ALiBi extrapolates beyond "
                 "the trained length. Set config.alibi_starting_size to the length you intend to silence this."
             )
-        flat_ids = input_ids.reshape(-1)[u.indices] if input_ids is not None else None
-        flat_embeds = (
-            index_first_axis(inputs_embeds.reshape(batch * seqlen, -1), u.indices) if inputs_embeds is not None else None
-        )
-        hidden = self.embeddings(flat_ids, token_type_ids.reshape(-1)[u.indices], flat_embeds)  # (total_nnz, hidden)
+        flat_ids = gather_tokens(input_ids, u.indices) if input_ids is not None else None
+        flat_embeds = gather_tokens(inputs_embeds, u.indices) if inputs_embeds is not None else None
+        if token_type_ids is not None:
+            flat_types = gather_tokens(token_type_ids, u.indices)
+        else:
+            flat_types = torch.zeros(total, dtype=torch.long, device=ref.device)
+        hidden = self.embeddings(flat_ids, flat_types, flat_embeds)  # (total_nnz, hidden)
         seqs = Sequences(u.cu_seqlens, u.max_seqlen)
 
         subset_idx = None
         if masked_tokens_mask is not None and not output_hidden_states:
-            subset_idx = torch.nonzero(masked_tokens_mask.reshape(-1)[u.indices], as_tuple=False).flatten()
+            subset_idx = torch.nonzero(gather_tokens(masked_tokens_mask, u.indices), as_tuple=False).flatten()
         hidden, all_hidden = self.encoder(hidden, seqs, self._attention_function(hidden), subset_idx, output_hidden_states)
 
         if subset_idx is not None:
             sequence_output = hidden  # (n_masked, hidden)
         elif masked_tokens_mask is not None:
-            sequence_output = hidden[masked_tokens_mask.reshape(-1)[u.indices]]
+            sequence_output = hidden[gather_tokens(masked_tokens_mask, u.indices)]
         else:
             sequence_output = pad_input(hidden, u.indices, batch, seqlen)  # (batch, seqlen, hidden)
         pooled_output = None
         if self.pooler is not None and masked_tokens_mask is None:
-            pooled_output = self.pooler(sequence_output[:, 0])
+            # the first token of each row; of each sequence for padding-free inputs (n_seqs, hidden)
+            first = hidden[u.cu_seqlens[:-1].long()] if padding_free else sequence_output[:, 0]
+            pooled_output = self.pooler(first)
         hidden_states = None
         if output_hidden_states:
             hidden_states = tuple(pad_input(h, u.indices, batch, seqlen) for h in all_hidden)
@@ -607,13 +718,10 @@ class BertForMaskedLM(BertPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         masked = None
         if labels is not None:
-            ref = input_ids if input_ids is not None else inputs_embeds
-            if tuple(labels.shape) != tuple(ref.shape[:2]):
-                raise ValueError(f"labels has shape {tuple(labels.shape)}, inputs {tuple(ref.shape[:2])}: must match.")
+            _check_shapes(input_ids, attention_mask, None, inputs_embeds, labels)
+            _check_values(self.config, attention_mask=attention_mask, labels=labels)
             masked = labels != -100
-            if attention_mask is not None and bool((masked & (attention_mask == 0)).any()):
-                raise ValueError("labels mark padding positions (attention_mask == 0); set them to -100.")
-            targets = labels[masked]  # (n_masked,); gathered before the forward so its host sync does not stall it
+            targets = labels[masked]  # (n_masked,) row-major, the order of the logits below
         outputs = self.bert(
             input_ids,
             attention_mask=attention_mask,
@@ -623,19 +731,18 @@ class BertForMaskedLM(BertPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             masked_tokens_mask=masked,
+            **kwargs,
         )
         sequence_output = outputs.last_hidden_state
         loss = None
+        logits = self.cls(sequence_output)  # (batch, seqlen, vocab), or (n_masked, vocab) with labels
         if labels is None:
-            logits = self.cls(sequence_output)  # (batch, seqlen, vocab)
-            if attention_mask is not None:
+            if attention_mask is not None and kwargs.get("indices") is None:
                 logits = logits * attention_mask.ne(0)[..., None].to(logits.dtype)
         else:
-            logits = self.cls(sequence_output)  # (n_masked, vocab)
-            if targets.numel() == 0:
-                loss = logits.sum() * 0.0  # nothing masked: zero loss, graph kept for DDP
-            else:
-                loss = F.cross_entropy(logits.float(), targets)
+            # mean over the labelled tokens; no labelled token gives a zero loss that still has a graph (DDP)
+            n_masked = masked.sum().clamp_min(1)
+            loss = F.cross_entropy(logits.float(), targets, reduction="sum") / n_masked
         if not return_dict:
             return (loss, logits) if loss is not None else (logits,)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
@@ -675,6 +782,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **kwargs,
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))  # (batch, num_labels)
         loss = None

@@ -2,7 +2,15 @@
 
 import torch
 
-from mosaic_bert.modeling.bert_padding import index_first_axis, index_put_first_axis, pad_input, unpad_input, unpad_mask
+from mosaic_bert.modeling.bert_padding import (
+    full_layout,
+    gather_tokens,
+    index_first_axis,
+    index_put_first_axis,
+    pad_input,
+    unpad_input,
+    unpad_mask,
+)
 
 
 def test_gathers_and_scatters_match_autograd_indexing():
@@ -37,5 +45,16 @@ def test_document_ids_become_contiguous_sequences():
     # document ids, even interleaved, are grouped per (row, id) in position order
     mask = torch.tensor([[1, 1, 2, 2, 2, 0], [1, 2, 1, 0, 0, 0]])
     u = unpad_mask(mask)
-    assert u.cu_seqlens.tolist() == [0, 2, 5, 7, 8] and u.max_seqlen == 3
+    assert u.cu_seqlens.tolist() == [0, 2, 5, 7, 8]
+    assert u.max_seqlen == 6  # a bound that costs no sync: the padded length, unless given
+    assert unpad_mask(mask, max_seqlen=3).max_seqlen == 3
     assert u.indices.tolist() == [0, 1, 2, 3, 4, 6, 8, 7]
+
+
+def test_all_padding_gives_no_sequences_and_full_layout_needs_no_gather():
+    u = unpad_mask(torch.zeros(2, 3, dtype=torch.long))
+    assert u.indices.numel() == 0 and u.cu_seqlens.tolist() == [0]
+    f = full_layout(2, 3, "cpu")
+    assert f.indices is None and f.cu_seqlens.tolist() == [0, 3, 6] and f.max_seqlen == 3
+    x = torch.randn(2, 3, 4)
+    assert torch.equal(pad_input(gather_tokens(x, None), None, 2, 3), x)

@@ -34,7 +34,7 @@ def _maxdiff(a, b):
 # 1. Equal to the original implementation
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+@pytest.mark.parametrize("backend", ["sdpa", "eager", "triton"])  # triton off CUDA: the op's PyTorch path
 def test_mlm_matches_original(io, backend):
     model = BertForMaskedLM.from_pretrained(ORIGINAL_TINY, attention_backend=backend).eval()
     real = io["attention_mask"].bool()
@@ -101,7 +101,7 @@ def _tiny_mlm(**overrides):
     return perturb_(BertForMaskedLM(tiny_config(**overrides))).eval()
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+@pytest.mark.parametrize("backend", ["sdpa", "eager", "triton"])
 def test_sequence_alone_equals_in_padded_batch_any_order(backend):
     model = _tiny_mlm(attention_backend=backend)
     g = torch.Generator().manual_seed(1)
@@ -157,6 +157,82 @@ def test_packed_documents_equal_separate_sequences():
         # Treating the whole row as one sequence gives something else: the mask matters.
         joined = model(input_ids=ids, attention_mask=mask.ne(0).long()).logits
         assert _maxdiff(joined[0, 5:8], packed[0, 5:8]) > 1e-3
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Padding-free inputs (transformers' flattening convention) and collator-computed unpadding
+
+
+def _ragged_batch(lengths, seed=4):
+    g = torch.Generator().manual_seed(seed)
+    L = max(lengths) + 2
+    ids = torch.zeros(len(lengths), L, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(1, 128, (n,), generator=g)
+        mask[i, :n] = 1
+    labels = torch.where((torch.rand(ids.shape, generator=g) < 0.4) & mask.bool(), ids, -100)
+    types = (torch.arange(L)[None] >= 3).long() * mask
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+    return ids, mask, labels, types, cu
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager", "triton"])
+def test_padding_free_inputs_equal_padded(backend):
+    model = _tiny_mlm(attention_backend=backend)
+    lengths = [7, 1, 12, 4]
+    ids, mask, labels, types, cu = _ragged_batch(lengths)
+    real = mask.bool()
+    flat = dict(input_ids=ids[real][None], token_type_ids=types[real][None])
+    free = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths))
+    with torch.no_grad():
+        padded = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        packed = model(**flat, **free).logits
+        assert packed.shape == (1, sum(lengths), 128)
+        assert _maxdiff(packed[0], padded[real]) <= 1e-5
+        # position_ids alone (each sequence restarts at 0) give the same
+        pos = torch.cat([torch.arange(n) for n in lengths])[None]
+        assert _maxdiff(model(**flat, position_ids=pos).logits, packed) <= 1e-5
+        # a padded batch with the unpadding computed by the collator (indices + cu_seqlens): no mask needed
+        indices = torch.nonzero(real.flatten()).flatten()
+        pre = model(input_ids=ids, token_type_ids=types, indices=indices, **free).logits
+        assert _maxdiff(pre[real], padded[real]) <= 1e-5
+        # MLM loss at the labelled tokens: same targets, same order
+        loss_padded = model(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels)
+        loss_free = model(**flat, **free, labels=labels[real][None])
+    assert abs(loss_padded.loss.item() - loss_free.loss.item()) <= 1e-6
+    assert _maxdiff(loss_padded.logits, loss_free.logits) <= 1e-5
+    # the wrong boundaries give another answer: the sequences really are separate
+    with torch.no_grad():
+        joined = model(**flat, cu_seq_lens_q=cu[[0, -1]], max_length_q=sum(lengths)).logits
+    assert _maxdiff(joined, packed) > 1e-3
+
+
+def test_padding_free_classification_pools_each_sequence():
+    torch.manual_seed(0)
+    model = perturb_(BertForSequenceClassification(tiny_config(num_labels=3))).eval()
+    lengths = [5, 9, 2]
+    ids, mask, _, _, cu = _ragged_batch(lengths)
+    with torch.no_grad():
+        padded = model(input_ids=ids, attention_mask=mask).logits
+        free = model(input_ids=ids[mask.bool()][None], cu_seq_lens_q=cu, max_length_q=max(lengths)).logits
+    assert free.shape == (3, 3) and _maxdiff(free, padded) <= 1e-5
+
+
+def test_padding_free_bad_inputs_raise_clear_errors():
+    model = _tiny_mlm()
+    ids = torch.randint(1, 128, (1, 10))
+    with pytest.raises(ValueError, match="end at the number of tokens"):
+        model(input_ids=ids, cu_seq_lens_q=torch.tensor([0, 4, 9]), max_length_q=5)
+    with pytest.raises(ValueError, match="max_length_q is 3"):
+        model(input_ids=ids, cu_seq_lens_q=torch.tensor([0, 4, 10]), max_length_q=3)
+    with pytest.raises(ValueError, match=r"must be \(1, total\)"):
+        model(input_ids=ids.view(2, 5), cu_seq_lens_q=torch.tensor([0, 4, 10]), max_length_q=6)
+    with pytest.raises(ValueError, match="cu_seq_lens_q and max_length_q"):
+        model(input_ids=ids, indices=torch.arange(10))
+    # max_length_q may be left out in eager mode (it is then read from cu_seq_lens_q)
+    out = model(input_ids=ids, cu_seq_lens_q=torch.tensor([0, 4, 10])).logits
+    assert out.shape == (1, 10, 128)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
