@@ -447,7 +447,8 @@ def _modernbert(kind, tiny):
 
     small = dict(TINY, intermediate_size=96, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
                  sep_token_id=2, local_attention=16) if tiny else {}
-    cfg = transformers.ModernBertConfig(attn_implementation="sdpa", **small)  # ModernBERT-base by default
+    # ModernBERT-base by default; reference_compile=False: older transformers compiled parts of it on their own
+    cfg = transformers.ModernBertConfig(attn_implementation="sdpa", reference_compile=False, **small)
     if kind == "train":
         return transformers.ModernBertForMaskedLM(cfg)
     return transformers.ModernBertModel(cfg)
