@@ -638,10 +638,10 @@ def run_row(spec: ModelSpec, case: Case, batches: list[dict], args, peak) -> dic
         if args.device == "cuda":
             row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     except Exception as e:  # noqa: BLE001 -- a model that fails (e.g. does not compile) is a result, not a crash
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        row["error"] = f"{type(e).__name__}: {first[:300]}"
-        if args.verbose:
-            traceback.print_exc()
+        row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
+        print(f"{case.name} {spec.name} failed; the traceback (the row records the error and the run goes on):",
+              flush=True)
+        traceback.print_exc()
     return row
 
 
