@@ -36,6 +36,7 @@ def main(argv=None):
     p.add_argument("--no-resume", action="store_true",
                    help="re-run tasks already in OUTPUT_DIR/results.json (default: keep them)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 on GPU")
+    p.add_argument("--torch-compile", action="store_true", help="run the model under torch.compile (Trainer's option)")
     a = p.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -51,7 +52,7 @@ def main(argv=None):
         num_seeds=num_seeds, epochs=a.epochs, max_train_samples=a.max_train_samples,
         max_eval_samples=a.max_eval_samples, mnli_checkpoint=a.mnli_checkpoint,
         bf16=False if a.no_bf16 else None, max_length=a.max_length,
-        max_grad_norm=a.max_grad_norm, resume=not a.no_resume,
+        max_grad_norm=a.max_grad_norm, resume=not a.no_resume, torch_compile=a.torch_compile,
     )
     g = res["glue"]
     print(f"GLUE ({'all 8' if g['complete'] else ', '.join(g['tasks'])}): {g['score']:.2f}  "

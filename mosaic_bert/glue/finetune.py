@@ -156,7 +156,7 @@ class _CollectEvals(TrainerCallback):
 
 
 def _training_args(task: GlueTask, output_dir: str, seed: int, epochs: int, steps_per_epoch: int, bf16: bool,
-                   logging_steps: int, max_grad_norm: float):
+                   logging_steps: int, max_grad_norm: float, torch_compile: bool = False):
     from transformers import TrainingArguments
 
     return TrainingArguments(
@@ -175,6 +175,7 @@ def _training_args(task: GlueTask, output_dir: str, seed: int, epochs: int, step
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         max_grad_norm=max_grad_norm,  # 0: no clipping (the paper's Composer runs did not clip)
+        torch_compile=torch_compile,  # the model under torch.compile (Trainer wraps it)
     )
 
 
@@ -194,6 +195,7 @@ def finetune(
     max_length: int = MAX_SEQ_LENGTH,
     logging_steps: int = 50,
     max_grad_norm: float = 0.0,
+    torch_compile: bool = False,
 ) -> dict:
     """Fine-tune one seed; returns {"epochs": [{"epoch", "metrics"}...], "train_time_s", ...}."""
     from transformers import DataCollatorWithPadding, Trainer, set_seed
@@ -209,7 +211,8 @@ def finetune(
     collector = _CollectEvals(task, eval_tok, seed)
     trainer = Trainer(
         model=model,
-        args=_training_args(task, output_dir, seed, epochs, steps_per_epoch, bf16, logging_steps, max_grad_norm),
+        args=_training_args(task, output_dir, seed, epochs, steps_per_epoch, bf16, logging_steps, max_grad_norm,
+                            torch_compile),
         train_dataset=train_tok,
         eval_dataset=eval_tok,
         data_collator=DataCollatorWithPadding(tokenizer),
@@ -253,6 +256,7 @@ def run_glue(
     keep_mnli_checkpoint: bool = True,
     max_grad_norm: float = 0.0,
     resume: bool = True,
+    torch_compile: bool = False,
 ) -> dict:
     """Fine-tune ``model`` on ``tasks`` and write ``results.json`` / ``results.md`` to ``output_dir``.
 
@@ -281,7 +285,8 @@ def run_glue(
     mnli_ckpt = _mnli_checkpoint(mnli_checkpoint, output_dir, results["tasks"])
     settings = dict(seeds=seeds, num_seeds=num_seeds, epochs=epochs, max_train_samples=max_train_samples,
                     max_eval_samples=max_eval_samples, bf16=bf16, max_length=max_length,
-                    max_grad_norm=max_grad_norm, keep_mnli_checkpoint=keep_mnli_checkpoint)
+                    max_grad_norm=max_grad_norm, keep_mnli_checkpoint=keep_mnli_checkpoint,
+                    torch_compile=torch_compile)
     for name in names:
         if name in results["tasks"]:
             logger.info("=== %s: already in %s, skipped", name, os.path.join(output_dir, "results.json"))
@@ -349,7 +354,7 @@ def _run_task(task: GlueTask, model: str, mnli_ckpt, data_dir: str, output_dir: 
             task, start, _subset(train, s["max_train_samples"], seed),
             {k: _subset(v, s["max_eval_samples"], 0) for k, v in evals.items()}, tok, work, seed,
             epochs=s["epochs"], fresh_classifier=start != model, save_model_to=save_to, bf16=s["bf16"],
-            max_length=s["max_length"], max_grad_norm=s["max_grad_norm"],
+            max_length=s["max_length"], max_grad_norm=s["max_grad_norm"], torch_compile=s["torch_compile"],
         ))
         shutil.rmtree(work, ignore_errors=True)
     entry = {

@@ -259,7 +259,17 @@ def test_cli_help():
 
     script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "glue.py")
     r = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and "--max-train-samples" in r.stdout
+    assert r.returncode == 0 and "--max-train-samples" in r.stdout and "--torch-compile" in r.stdout
+
+
+def test_training_arguments_carry_the_recipe(tmp_path):
+    from mosaic_bert.glue.finetune import _training_args
+
+    task = TASKS["mrpc"]
+    args = _training_args(task, str(tmp_path), seed=5, epochs=2, steps_per_epoch=3, bf16=False, logging_steps=50,
+                          max_grad_norm=0.0, torch_compile=True)
+    assert args.per_device_train_batch_size == task.batch_size and args.num_train_epochs == 2 and args.seed == 5
+    assert args.logging_steps == 3 and args.max_grad_norm == 0.0 and args.torch_compile
 
 
 def test_optimizer_and_schedule():
