@@ -873,7 +873,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--steps", type=int, default=15, help="timed steps per row")
     c.add_argument("--batches", type=int, default=3, help="distinct batches per case, cycled")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--budget-s", type=float, default=400.0,
+    c.add_argument("--budget-s", type=float, default=380.0,
                    help="no new row starts after this many seconds (the rest are recorded as skipped)")
     c.add_argument("--compile-mode", default=None, help="torch.compile mode (default: torch's default)")
     c.add_argument("--compile-backend", default="inductor")

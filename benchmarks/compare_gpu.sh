@@ -4,7 +4,7 @@
 #
 # Usage (device, repository root):  bash benchmarks/compare_gpu.sh [benchmark.py options, e.g. --only 'train-256x128-*']
 # Writes to $OUT (default benchmarks/results), flat, 4 files: compare_$TAG.{json,md,png} and compare_$TAG.log.
-# Stays under the 10-minute command limit: no row starts after --budget-s (400 s; later rows are recorded as
+# Stays under the 10-minute command limit: no row starts after --budget-s (380 s; later rows are recorded as
 # skipped) and the whole command is cut at $LIMIT seconds.
 set -o pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
