@@ -819,7 +819,7 @@ def run_compare(args, models=MODELS) -> list[dict]:
     if not args.smoke and not torch.cuda.is_available():
         raise SystemExit("compare needs a CUDA GPU (or --smoke for the CPU code path)")
     if args.smoke:
-        args.warmup, args.steps = min(args.warmup, 1), 1
+        args.warmup, args.steps, args.batches = min(args.warmup, 1), 1, 1
     for limit in ("recompile_limit", "cache_size_limit"):  # the name differs across torch versions
         if hasattr(torch._dynamo.config, limit):
             setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
