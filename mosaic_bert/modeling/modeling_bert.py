@@ -515,8 +515,10 @@ def _token_layout(input_ids, inputs_embeds, attention_mask, position_ids, cu_seq
                 raise ValueError("Under torch.compile pass max_length_q (a Python int) with cu_seq_lens_q.")
             max_len = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0  # one host sync
         if indices is not None:
-            indices = indices.to(device=ref.device, dtype=torch.long)
-        return Unpadded(indices, cu.to(device=ref.device, dtype=torch.int32), int(max_len), batch, seqlen)
+            indices = indices.to(device=ref.device, dtype=torch.long, non_blocking=True)
+        # non_blocking: a blocking host-to-device copy would wait for the GPU queue (collators send CPU tensors)
+        cu = cu.to(device=ref.device, dtype=torch.int32, non_blocking=True)
+        return Unpadded(indices, cu, int(max_len), batch, seqlen)
     if indices is not None:
         raise ValueError("indices describe a precomputed unpadding: pass cu_seq_lens_q and max_length_q with them.")
     if attention_mask is None:
@@ -577,7 +579,8 @@ class BertPreTrainedModel(PreTrainedModel):
 
 class BertModel(BertPreTrainedModel):
     """The MosaicBERT encoder. `last_hidden_state` is (batch, seqlen, hidden) with zeros at padding; with
-    `masked_tokens_mask` it is (n_masked, hidden): the last layer ran only at those tokens (row-major order)."""
+    `masked_positions` (flat row-major positions in the (batch * seqlen) grid) or `masked_tokens_mask` (batch, seqlen)
+    it is (n_masked, hidden) in row-major order: the last layer ran only at those tokens."""
 
     def __init__(self, config, add_pooling_layer: bool = True):
         super().__init__(config)
@@ -610,6 +613,7 @@ class BertModel(BertPreTrainedModel):
         output_hidden_states=None,
         return_dict=None,
         masked_tokens_mask=None,
+        masked_positions=None,
         cu_seq_lens_q=None,
         cu_seq_lens_k=None,
         max_length_q=None,
@@ -654,19 +658,27 @@ class BertModel(BertPreTrainedModel):
         hidden = self.embeddings(flat_ids, flat_types, flat_embeds)  # (total_nnz, hidden)
         seqs = Sequences(u.cu_seqlens, u.max_seqlen)
 
+        if masked_positions is None and masked_tokens_mask is not None:
+            masked_positions = torch.nonzero(masked_tokens_mask.reshape(-1), as_tuple=False).flatten()
         subset_idx = None
-        if masked_tokens_mask is not None and not output_hidden_states:
-            subset_idx = torch.nonzero(gather_tokens(masked_tokens_mask, u.indices), as_tuple=False).flatten()
+        if masked_positions is not None and not output_hidden_states:
+            # positions in the padded grid -> rows of the unpadded tokens, in the same (row-major) order
+            if u.indices is None:
+                subset_idx = masked_positions
+            else:
+                row_of = torch.zeros(batch * seqlen, dtype=torch.long, device=u.indices.device)
+                row_of = row_of.index_copy(0, u.indices, torch.arange(total, device=u.indices.device))
+                subset_idx = row_of[masked_positions]
         hidden, all_hidden = self.encoder(hidden, seqs, self._attention_function(hidden), subset_idx, output_hidden_states)
 
         if subset_idx is not None:
             sequence_output = hidden  # (n_masked, hidden)
-        elif masked_tokens_mask is not None:
-            sequence_output = hidden[gather_tokens(masked_tokens_mask, u.indices)]
+        elif masked_positions is not None:
+            sequence_output = pad_input(hidden, u.indices, batch, seqlen).reshape(batch * seqlen, -1)[masked_positions]
         else:
             sequence_output = pad_input(hidden, u.indices, batch, seqlen)  # (batch, seqlen, hidden)
         pooled_output = None
-        if self.pooler is not None and masked_tokens_mask is None:
+        if self.pooler is not None and masked_positions is None:
             # the first token of each row; of each sequence for padding-free inputs (n_seqs, hidden)
             first = hidden[u.cu_seqlens[:-1].long()] if padding_free else sequence_output[:, 0]
             pooled_output = self.pooler(first)
@@ -716,12 +728,13 @@ class BertForMaskedLM(BertPreTrainedModel):
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        masked = None
+        positions = None
         if labels is not None:
             _check_shapes(input_ids, attention_mask, None, inputs_embeds, labels)
             _check_values(self.config, attention_mask=attention_mask, labels=labels)
-            masked = labels != -100
-            targets = labels[masked]  # (n_masked,) row-major, the order of the logits below
+            flat_labels = labels.reshape(-1)
+            positions = torch.nonzero(flat_labels != -100, as_tuple=False).flatten()  # the one data-dependent size
+            targets = flat_labels[positions]  # (n_masked,) row-major, the order of the logits below
         outputs = self.bert(
             input_ids,
             attention_mask=attention_mask,
@@ -730,7 +743,7 @@ class BertForMaskedLM(BertPreTrainedModel):
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
             return_dict=True,
-            masked_tokens_mask=masked,
+            masked_positions=positions,
             **kwargs,
         )
         sequence_output = outputs.last_hidden_state
@@ -741,7 +754,7 @@ class BertForMaskedLM(BertPreTrainedModel):
                 logits = logits * attention_mask.ne(0)[..., None].to(logits.dtype)
         else:
             # mean over the labelled tokens; no labelled token gives a zero loss that still has a graph (DDP)
-            n_masked = masked.sum().clamp_min(1)
+            n_masked = (flat_labels != -100).sum().clamp_min(1)
             loss = F.cross_entropy(logits.float(), targets, reduction="sum") / n_masked
         if not return_dict:
             return (loss, logits) if loss is not None else (logits,)

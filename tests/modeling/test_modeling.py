@@ -159,6 +159,23 @@ def test_packed_documents_equal_separate_sequences():
         assert _maxdiff(joined[0, 5:8], packed[0, 5:8]) > 1e-3
 
 
+def test_interleaved_documents_with_labels_keep_row_major_order():
+    """Labelled logits come in row-major order even when document ids interleave (the unpadded order differs)."""
+    model = _tiny_mlm()
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(1, 128, (1, 7), generator=g)
+    mask = torch.tensor([[1, 2, 1, 2, 2, 1, 0]])
+    labels = torch.full_like(ids, -100)
+    labels[0, [1, 2, 4, 5]] = ids[0, [1, 2, 4, 5]]
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        doc1 = model(input_ids=ids[:, [0, 2, 5]]).logits[0]  # positions 0, 2, 5
+        doc2 = model(input_ids=ids[:, [1, 3, 4]]).logits[0]  # positions 1, 3, 4
+    want = torch.stack([doc2[0], doc1[1], doc2[2], doc1[2]])  # positions 1, 2, 4, 5
+    assert _maxdiff(out.logits, want) <= 1e-5
+    assert abs(out.loss.item() - F.cross_entropy(want, labels[labels != -100]).item()) <= 1e-5
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Padding-free inputs (transformers' flattening convention) and collator-computed unpadding
 
