@@ -1,1 +1,3 @@
-"""Pretraining tools: recipes, data, masking, optimizer, the Trainer, checkpoints, metrics, export."""
+"""Pretraining tools. ``config`` (recipes) -> ``data`` (sources, tokenized store, resumable loader) + ``tokenizer``
+-> ``model`` / ``baseline`` (model adapters) -> ``trainer`` (the loop, with ``optim``, ``masking``, ``flops``,
+``metrics``, ``checkpoint``, ``state``, ``runtime``) -> ``export`` (HF folder, model card, Hub); ``cli`` is the command."""

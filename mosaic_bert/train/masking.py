@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import RecipeError
+
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xBF58476D1CE4E5B9)
 _M3 = np.uint64(0x94D049BB133111EB)
@@ -58,7 +60,8 @@ class MLMMasker:
     @classmethod
     def from_tokenizer(cls, tokenizer, mlm_probability: float, seed: int) -> "MLMMasker":
         if tokenizer.mask_token_id is None:
-            raise ValueError("The tokenizer has no mask token; MLM pretraining needs one (e.g. [MASK]).")
+            raise RecipeError("The tokenizer has no mask token; MLM pretraining needs one. Fix: use a BERT tokenizer "
+                              "(tokenizer.name_or_path) or let the trainer train one (tokenizer.name_or_path=null).")
         return cls(tokenizer.mask_token_id, tokenizer.all_special_ids, len(tokenizer), mlm_probability, seed)
 
     def __call__(self, input_ids: np.ndarray, keys: np.ndarray):
