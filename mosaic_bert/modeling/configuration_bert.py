@@ -16,8 +16,11 @@ class BertConfig(_HFBertConfig):
         alibi_starting_size (int): the sequence length the model was trained for. ALiBi needs no learned positions,
             so longer inputs run too (the bias extrapolates); the model warns once when an input is longer. Set it
             to e.g. 1024 to declare longer inputs intended (this also silences the warning).
-        attention_backend (str): "auto" (Triton kernel on CUDA in fp16/bf16, else PyTorch SDPA), "triton",
-            "flash_attn" (the flash-attn 2 package, if installed), "sdpa" or "eager" (plain matmul-softmax).
+        attention_backend (str): "auto" (Triton kernel on CUDA in fp16/bf16, else PyTorch SDPA), "triton" (the
+            custom op `torch.ops.mosaic_bert.varlen_alibi_attn_fwd_v1`: the Triton kernel on CUDA in fp16/bf16, the
+            same math in PyTorch elsewhere, so CPU runs of torch.compile/export use it too), "flash_attn" (the
+            flash-attn 2 package, if installed), "sdpa" or "eager" (plain matmul-softmax). The implementations live
+            in one table, `modeling_bert.ATTENTION_FUNCTIONS`.
         low_precision_layernorm (bool): under bf16/fp16 autocast, run LayerNorm in that precision instead of
             autocast's fp32 (faster, as in the paper).
         check_inputs (bool): check input values (ids within the vocab, mask and label rules, cu_seq_lens_q) with

@@ -96,3 +96,21 @@ def test_cpu_and_gpu_agree_in_fp32():
         cpu = model(**b).logits
         gpu = model.cuda()(**{k: v.cuda() for k, v in b.items()}).logits.cpu()
     assert _rel(gpu, cpu) < 1e-4
+
+
+@pytest.mark.skipif(not triton_available(), reason="needs triton")
+def test_padding_free_inputs_equal_padded_on_gpu():
+    """The collator's layouts (padding-free, or padded with a CPU-side unpadding) give the padded batch's outputs."""
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(num_hidden_layers=2, check_inputs=False)).cuda().eval()
+    b = _batch(8, 128, model.config.vocab_size, "cuda", seed=7)
+    real = b["attention_mask"].bool()
+    lens = real.sum(1).cpu()
+    cu = torch.cat([lens.new_zeros(1), lens.cumsum(0)]).to(torch.int32)  # on the CPU, as a collator makes it
+    free = dict(cu_seq_lens_q=cu, max_length_q=int(lens.max()))
+    indices = real.flatten().nonzero().flatten().cpu()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        padded = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
+        flat = model(input_ids=b["input_ids"][real][None], **free).logits.float()
+        pre = model(input_ids=b["input_ids"], indices=indices, **free).logits.float()
+    assert _rel(flat[0], padded[real]) < 1e-2 and _rel(pre[real], padded[real]) < 1e-2
