@@ -225,6 +225,27 @@ def test_padding_free_inputs_equal_padded(backend):
     assert _maxdiff(joined, packed) > 1e-3
 
 
+def test_transformers_flattening_collator_batch_runs_as_is():
+    """What DataCollatorWithFlattening(return_flash_attn_kwargs=True) returns goes straight into the model."""
+    from transformers import DataCollatorWithFlattening
+
+    model = _tiny_mlm()
+    g = torch.Generator().manual_seed(6)
+    seqs = [torch.randint(1, 128, (n,), generator=g) for n in (6, 3, 9)]
+    labels = [torch.where(torch.rand(len(s), generator=g) < 0.5, s, -100) for s in seqs]
+    features = [{"input_ids": s.tolist(), "labels": y.tolist()} for s, y in zip(seqs, labels)]
+    batch = DataCollatorWithFlattening(return_flash_attn_kwargs=True, return_seq_idx=True)(features)
+    assert {"cu_seq_lens_q", "max_length_q", "position_ids"} <= set(batch)
+    with torch.no_grad():
+        out = model(**batch)
+        for i, s in enumerate(seqs):  # each sequence alone, at the tokens the collator kept as targets
+            start = int(batch["cu_seq_lens_q"][i])
+            keep = batch["labels"][0, start : start + len(s)] != -100
+            alone = model(input_ids=s[None]).logits[0][keep]
+            rows = (batch["labels"][0, :start] != -100).sum()
+            assert _maxdiff(out.logits[rows : rows + len(alone)], alone) <= 1e-5
+
+
 def test_padding_free_classification_pools_each_sequence():
     torch.manual_seed(0)
     model = perturb_(BertForSequenceClassification(tiny_config(num_labels=3))).eval()
