@@ -1,5 +1,6 @@
-"""``python scripts/pretrain.py [recipe] [section.key=value ...] [--resume [PATH]] [--print-recipe]``: parse, run the
-Trainer, print a fill-mask example from the exported folder. User-fixable errors exit with status 2 and the fix."""
+"""The command lines (``scripts/*.py`` call these): ``main`` = pretraining (``[recipe] [section.key=value ...]
+[--resume [PATH]] [--print-recipe]``: parse, run the Trainer, show a fill-mask example of the exported folder),
+``train_tokenizer_main`` and ``push_to_hub_main``. User-fixable errors exit with status 2 and the fix."""
 
 from __future__ import annotations
 
@@ -66,4 +67,49 @@ def main(argv=None) -> int:
         return 2
     if recipe.train.fill_mask_example:
         _show_fill_mask(summary["output_dir"], recipe.train.fill_mask_example)
+    return 0
+
+
+def train_tokenizer_main(argv=None, description: str = "Train an uncased WordPiece vocabulary.") -> int:
+    from .data.sources import iter_documents_from_files, iter_hub_documents, resolve_files, take
+    from .tokenizer import train_wordpiece
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="*", help="text/jsonl/parquet files or globs (.xz/.gz ok)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--vocab-size", type=int, default=30522)
+    ap.add_argument("--max-docs", type=int, default=None)
+    ap.add_argument("--format", default="auto")
+    ap.add_argument("--text-column", default="text")
+    ap.add_argument("--hub", default=None, help="Hub dataset name (streamed)")
+    ap.add_argument("--hub-config", default=None)
+    ap.add_argument("--cased", action="store_true")
+    a = ap.parse_args(argv)
+    if not a.hub and not a.files:
+        ap.error("give files or --hub")
+    try:
+        docs = (iter_hub_documents(a.hub, a.hub_config, "train", a.text_column) if a.hub else
+                iter_documents_from_files(resolve_files(a.files, "files"), a.format, a.text_column))
+        train_wordpiece(take(docs, a.max_docs), a.vocab_size, a.out, lowercase=not a.cased)
+    except MosaicBertError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def push_to_hub_main(argv=None, description: str = "Upload a pretrained folder to the Hub.") -> int:
+    from .export import push_folder
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder", help="output_dir of a finished pretraining run")
+    ap.add_argument("repo_id", nargs="?", help="Hub repo id, e.g. user/mosaic-bert-mydomain")
+    ap.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    ap.add_argument("--private", action="store_true")
+    ap.add_argument("--local-target", default=None, help="copy the publishable files to this folder instead of uploading")
+    ap.add_argument("--message", default="Upload MosaicBERT")
+    a = ap.parse_args(argv)
+    try:
+        where = push_folder(a.folder, a.repo_id, a.revision, a.private, a.local_target, a.message)
+    except MosaicBertError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"uploaded {a.folder} -> {where}")
     return 0

@@ -10,6 +10,8 @@ from typing import Optional
 
 import torch
 
+from .flops import peak_flops
+
 
 class MetricsLog:
     """``metrics.jsonl``, one record per line (written by the main process only). On resume, records after the
@@ -123,6 +125,40 @@ class ProgressBar:
 
     def close(self):
         self.bar.close()
+
+
+class Reporter:
+    """Where a run's records go: ``metrics.jsonl``, the trackers, and the console (above the progress bar while it
+    is open). Owns the throughput window of the steps since the last report."""
+
+    def __init__(self, accelerator, path: Path, start_step: int, say):
+        self.acc, self.say, self.progress = accelerator, say, None
+        self.log = MetricsLog(path, accelerator.is_main_process, start_step)
+        self.window = ThroughputWindow(accelerator.device, accelerator.num_processes, peak_flops(accelerator.device))
+
+    def record(self, rec: dict, msg: Optional[str] = None):
+        self.log.log(rec)
+        self.acc.log(tracker_values(rec), step=rec["step"])
+        if msg and self.progress is not None:
+            self.progress.write(msg)
+        elif msg:
+            self.say(msg)
+
+    def start(self, total_steps: int, step: int):
+        self.progress = ProgressBar(total_steps, step, self.acc.is_main_process)
+        self.window.reset()
+
+    def step_done(self, state, lr: float, report: bool):
+        """Advance the bar; when ``report``, reduce the window into a record (tokens/s, MFU, ...) and log it."""
+        rec = state.count_window(self.window.reduce(self.acc, state.step, lr)) if report else None
+        if rec is not None:
+            self.record(rec)
+        self.progress.update(rec)
+
+    def close(self):
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
 
 
 def plot_curve(records: list[dict], path: Path, title: str) -> Optional[Path]:

@@ -18,9 +18,9 @@ from .checkpoint import CheckpointManager
 from .config import Recipe, check_batch, duration_to_steps
 from .data import BatchPlan, TrainLoader, build_data, eval_batches
 from .export import export_run, result_message
-from .flops import model_flop_params, peak_flops, step_flops
+from .flops import model_flop_params, step_flops
 from .masking import MLMMasker
-from .metrics import MetricsLog, ProgressBar, ThroughputWindow, eval_message, tracker_values
+from .metrics import Reporter, eval_message
 from .model import model_family
 from .optim import build_training_optimization
 from .runtime import build_accelerator, init_trackers, main_process_printer, resolve_precision, seed_microbatch
@@ -61,11 +61,9 @@ class Trainer:
             self.state.load_state_dict(resumed)
             self.say(f"[pretrain] resumed from {ckpt} at step {self.state.step}")
         init_trackers(acc, recipe)
-        self.metrics = MetricsLog(self.checkpoints.out_dir / "metrics.jsonl", acc.is_main_process, self.state.step)
+        self.reporter = Reporter(acc, self.checkpoints.out_dir / "metrics.jsonl", self.state.step, self.say)
         unwrapped = acc.unwrap_model(self.model)
         self.flop_params = (*model_flop_params(unwrapped), unwrapped.config.num_hidden_layers)  # N, hidden, vocab, L
-        self.window = ThroughputWindow(acc.device, acc.num_processes, peak_flops(acc.device))
-        self.progress = None
         self.say(self.describe())
 
     def describe(self) -> str:
@@ -85,7 +83,7 @@ class Trainer:
         for a, batch in enumerate(microbatches):
             tokens, attn_sq, head = self.family.batch_stats(batch)
             flops = step_flops(*self.flop_params, tokens, attn_sq, head)
-            self.window.add_microbatch(tokens, batch["input_ids"].shape[0], flops)
+            self.reporter.window.add_microbatch(tokens, batch["input_ids"].shape[0], flops)
             batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
             seed_microbatch(self.plan.seed, step, self.plan.micro_index(a))
             sync = a == n - 1 or self.plan.num_processes == 1
@@ -102,7 +100,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.window.add_step(step_loss)
+        self.reporter.window.add_step(step_loss)
         return lr
 
     @torch.no_grad()
@@ -126,60 +124,46 @@ class Trainer:
         self.model.train()
         rec = {"step": self.state.step, "eval_loss": loss / max(n, 1.0), "eval_accuracy": correct / max(n, 1.0),
                "eval_masked_tokens": int(n)}
-        self.report(rec, eval_message(rec))
+        self.reporter.record(rec, eval_message(rec))
         return rec
 
     def save(self):
         self.checkpoints.save(self.state.step, self.recipe, self.state.state_dict())
-
-    def report(self, rec: dict, msg: str = None):
-        self.metrics.log(rec)
-        self.acc.log(tracker_values(rec), step=rec["step"])
-        if msg and self.progress is not None:
-            self.progress.write(msg)
-        elif msg:
-            self.say(msg)
-
-    def log_window(self, lr: float) -> dict:
-        rec = self.state.count_window(self.window.reduce(self.acc, self.state.step, lr))
-        self.report(rec)
-        return rec
 
     def fit(self) -> dict:
         t, state = self.recipe.train, self.state
         due = lambda every: state.step % every == 0 or state.step == state.total_steps
         if state.step == 0:
             self.evaluate()
-        self.progress = ProgressBar(state.total_steps, state.step, self.acc.is_main_process)
+        self.reporter.start(state.total_steps, state.step)
         self.model.train()
-        self.window.reset()
         for step, microbatches in self.loader:
             lr = self.train_step(step, microbatches)
             state.step = step + 1
-            self.progress.update(self.log_window(lr) if due(t.log_interval) else None)
+            self.reporter.step_done(state, lr, report=due(t.log_interval))
             for verb, every in ((self.evaluate, t.eval_interval), (self.save, t.checkpoint_interval)):
                 if due(every):
                     verb()
-                    self.window.restart_clock()
+                    self.reporter.window.restart_clock()
             for cb in self.callbacks:
                 cb.on_step_end(self)
-        self.progress.close()
+        self.reporter.close()
         return self.finish()
 
     def finish(self) -> dict:
         """Export the HF folder (weights, remote code, tokenizer, model card) and return the run's summary."""
-        acc, evals, out_dir = self.acc, self.metrics.evals(), self.checkpoints.out_dir
+        acc, evals, out_dir = self.acc, self.reporter.log.evals(), self.checkpoints.out_dir
         acc.wait_for_everyone()
         summary = {"steps": self.state.step, "total_steps": self.state.total_steps,
                    "first_eval": evals[0] if evals else None, "last_eval": evals[-1] if evals else None,
                    "params": sum(p.numel() for p in self.model.parameters()), "vocab_size": self.flop_params[2],
                    "precision": resolve_precision(self.recipe.train.mixed_precision), "num_processes": acc.num_processes,
-                   "train_time_s": self.window.train_time, "wall_time_s": time.time() - self.t_start,
+                   "train_time_s": self.reporter.window.train_time, "wall_time_s": time.time() - self.t_start,
                    "tokens_seen": self.state.tokens_seen, "samples_seen": self.state.samples_seen, "data": self.data.meta,
                    "output_dir": str(out_dir)}
         if acc.is_main_process:
             export_run(out_dir, acc.unwrap_model(self.model), self.data.tokenizer, self.recipe, summary,
-                       self.metrics.records)
+                       self.reporter.log.records)
             self.say(result_message(summary))
             self.say(f"[pretrain] saved model, tokenizer and model card to {out_dir}")
         acc.wait_for_everyone()
