@@ -49,6 +49,12 @@ CHILD = textwrap.dedent(
     report["long_shape"] = list(long_logits.shape)
     report["long_finite"] = bool(torch.isfinite(long_logits).all())
 
+    # the attention op is registered by the folder's code, and the loaded model exports
+    report["op_registered"] = hasattr(torch.ops.mosaic_bert, "varlen_alibi_attn_fwd_v1")
+    program = torch.export.export(cls, (), dict(exp["inputs"]))
+    with torch.no_grad():
+        report["export"] = (program.module()(**exp["inputs"]).logits - exp["cls"]).abs().max().item()
+
     tokenizer = AutoTokenizer.from_pretrained(mlm_dir)
     fill = pipeline("fill-mask", model=mlm, tokenizer=tokenizer)
     report["fill_mask"] = fill("I [MASK] to the store yesterday.")
@@ -91,6 +97,7 @@ def test_saved_folder_loads_as_remote_code_in_fresh_process(tmp_path):
     assert report["config_class"].endswith("configuration_bert.BertConfig")
     assert report["model_module"].startswith("transformers_modules")  # loaded from the folder's code
     assert report["mlm"] <= 1e-5 and report["enc"] <= 1e-5 and report["cls"] <= 1e-5
+    assert report["op_registered"] and report["export"] <= 1e-5
     assert report["long_shape"] == [1, 1024, 30528] and report["long_finite"]
     answers = report["fill_mask"]
     assert len(answers) == 5 and all(0.0 <= a["score"] <= 1.0 for a in answers)
