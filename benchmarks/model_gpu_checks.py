@@ -8,7 +8,7 @@ Checks, each printed as PASS/FAIL with its numbers:
              op's PyTorch math in float64: out, lse, dq, dk, dv; torch.library.opcheck on CUDA.
   compile_*  torch.compile(model, fullgraph=True) training step (bf16 autocast, attention_backend="triton") against
              eager: loss and every gradient; padded batch with MLM labels, padding-free batch, a second batch shape;
-             padding-free inference has no graph break.
+             padding-free inference has no graph break, and runs under CUDA graphs (mode="reduce-overhead").
   export_*   torch.export of a bf16 classifier and MLM model with dynamic batch/length, run on two shapes against eager.
 Writes model_gpu_checks.json (and the printed log) to $OUT when set. Exit status 1 when a check fails.
 """
@@ -200,6 +200,28 @@ def compile_padding_free_inference_has_no_graph_break():
     err = rel(got, want)
     expect(err < 2e-2, f"compiled logits rel err {err:.3e}")
     return dict(graphs=explain.graph_count, logits_rel=err)
+
+
+@check
+def compile_reduce_overhead_padding_free_inference():
+    """CUDA graphs (mode="reduce-overhead") over a padding-free batch of fixed size: numerics, and whether Inductor
+    had to skip the graphs (cudagraph_skips > 0 means it ran without them; the detail says so, it is not a failure)."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(_cfg(check_inputs=False)).to(DEV).eval()
+    inputs = _padding_free(_padded_batch(16, 128, model.config.vocab_size, 6))
+    inputs.pop("labels")
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for _ in range(3):  # warm-up, record, replay
+            got = compiled(**inputs).logits.float().clone()  # replays overwrite their outputs: keep a copy
+        want = model(**inputs).logits.float()
+    err = rel(got, want)
+    expect(err < 2e-2, f"logits rel err {err:.3e}")
+    return dict(logits_rel=err, cudagraph_skips=dict(counters["inductor"]).get("cudagraph_skips", 0))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
