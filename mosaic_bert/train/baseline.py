@@ -10,6 +10,7 @@ from .model import config_kwargs
 class HFBertFamily:
     """Same interface as `model.MosaicBertFamily`."""
     remote_code = False
+    reads_document_ids = False  # a 0/1 attention_mask only: no packed rows
     card_tags = "[bert, fill-mask]"
     card_intro = "A BERT (transformers `BertForMaskedLM`) "
 

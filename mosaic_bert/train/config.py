@@ -15,7 +15,6 @@ from ..errors import RecipeError
 
 
 RUN_DETAIL = {"run_identity": False}   # field metadata: does not define the run (left out of the resume fingerprint)
-FAMILIES = ("mosaic", "hf")            # mosaic_bert.BertForMaskedLM, or the transformers.BertForMaskedLM baseline
 SET_BY_TRAINER = ("pad_token_id",)     # model config fields the trainer takes from the tokenizer
 
 
@@ -28,7 +27,7 @@ def _model_fields() -> list[tuple]:
     generic = set(PretrainedConfig().to_dict())
     defaults = {k: v for k, v in BertConfig().to_dict().items() if k not in generic and k not in SET_BY_TRAINER}
     defaults["vocab_size"] = None      # None: the tokenizer's size rounded up to a multiple of 64
-    fields = [("family", str, field(default="mosaic"))]
+    fields = [("family", str, field(default="mosaic"))]   # see train/model.py: mosaic, or the hf baseline
     return fields + [(k, Any, field(default=v)) for k, v in defaults.items()]
 
 
@@ -215,11 +214,11 @@ def load_recipe(path: Optional[str] = None, overrides: Optional[list[str]] = Non
 
 
 def validate(r: Recipe) -> None:
-    if r.model.family not in FAMILIES:
-        raise RecipeError(f"model.family must be one of {', '.join(FAMILIES)}, got '{r.model.family}'.")
+    from .model import model_family
+    family = model_family(r.model.family)  # an unknown family is a RecipeError listing the known ones
     if r.data.mode not in ("truncate", "chunk", "pack"):
         raise RecipeError(f"data.mode must be truncate, chunk or pack, got '{r.data.mode}'.")
-    if r.data.mode == "pack" and r.model.family == "hf":
+    if r.data.mode == "pack" and not family.reads_document_ids:
         raise RecipeError("data.mode=pack puts document ids in attention_mask, which only MosaicBERT understands; "
                           "use data.mode=truncate or chunk with model.family=hf.")
     t = r.train

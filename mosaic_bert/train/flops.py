@@ -54,8 +54,3 @@ def padded_batch_stats(batch: dict) -> tuple[int, int, int]:
     am = batch["attention_mask"]
     b, s = am.shape
     return int((am > 0).sum()), b * s * s, b * s
-
-
-def batch_stats(batch: dict, family: str) -> tuple[int, int, int]:
-    """Kept for callers that name a model family ("mosaic" or "hf"); the trainer asks its model adapter instead."""
-    return (padded_batch_stats if family == "hf" else unpadded_batch_stats)(batch)

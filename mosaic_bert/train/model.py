@@ -32,6 +32,7 @@ class MosaicBertFamily:
     """`mosaic_bert.BertForMaskedLM`: unpadded attention, MLM head on the masked positions only, saved with its
     remote code."""
     remote_code = True
+    reads_document_ids = True   # packed rows: attention_mask holds 1-based document ids
     card_tags = "[bert, mosaic-bert, fill-mask, alibi]"
     card_intro = "A MosaicBERT (ALiBi attention, unpadded sequences, GeGLU feed-forward; Portes et al., NeurIPS 2023) "
 
@@ -53,6 +54,9 @@ class MosaicBertFamily:
 
 
 def model_family(name: str):
-    """The adapter of ``model.family`` (validated by the recipe)."""
+    """The adapter of ``model.family``: "mosaic" (the default) or "hf" (the transformers BERT baseline)."""
     from .baseline import HFBertFamily
-    return {"mosaic": MosaicBertFamily, "hf": HFBertFamily}[name]()
+    families = {"mosaic": MosaicBertFamily, "hf": HFBertFamily}
+    if name not in families:
+        raise RecipeError(f"model.family must be one of {', '.join(families)}, got '{name}'.")
+    return families[name]()
