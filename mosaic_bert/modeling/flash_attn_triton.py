@@ -26,6 +26,12 @@ Interface (flash-attn 2 compatible subset)::
 * ``headdim`` 16..256 (any value, padded to a power of two inside the kernel).
 * ``dropout_p > 0`` is not supported: use the PyTorch attention path.
 
+Compile-safe entry point: :func:`varlen_attention` (packed qkv, ALiBi slopes)
+calls the custom op ``torch.ops.mosaic_bert.varlen_alibi_attn_fwd_v1`` (with its
+``..._bwd_v1``), registered once per process at import.  torch.compile and
+torch.export treat it as one opaque node with fake shapes and a backward; it runs
+the kernels below for fp16/bf16 on CUDA and the same math in PyTorch otherwise.
+
 Forward: one program per (query block, sequence, head); online softmax in the
 log2 domain (``exp2`` with ``log2(e)`` folded into the scale and slopes); the
 log-sum-exp is kept in fp32 for the backward.  Backward: ``delta = rowsum(dO*O)``
