@@ -1,4 +1,8 @@
-"""Typed pretraining recipe: dataclasses, YAML loading and ``key=value`` overrides."""
+"""Typed pretraining recipe: one dataclass per section (model, tokenizer, data, train), YAML loading (a path or a
+recipe shipped in ``recipes/``), ``section.key=value`` overrides, validation, and the duration/batch arithmetic.
+
+The model section is derived from ``mosaic_bert.BertConfig`` (its fields and defaults), so the recipe never re-lists
+model settings. Fields that do not define a run carry ``RUN_DETAIL`` metadata and stay out of the resume fingerprint."""
 
 from __future__ import annotations
 

@@ -83,12 +83,11 @@ def _blocks(lines: Iterable[str]) -> Iterator[str]:
             if not saw_blank and len(block) > _NO_BLANK_LINE_YET:
                 yield from block
                 block = []
-        elif block:
-            saw_blank = True
-            yield " ".join(block)
-            block = []
         else:
             saw_blank = True
+            if block:
+                yield " ".join(block)
+                block = []
     if block:
         yield from ([" ".join(block)] if saw_blank else block)
 
