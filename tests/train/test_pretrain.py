@@ -175,3 +175,33 @@ def test_flop_count_and_peak_table():
     assert padded_batch_stats({"attention_mask": (am > 0).long(), "labels": labels}) == (9, 2 * 36, 12)
     assert step_flops(100, 8, 50, 2, tokens=10, attn_sq=20, head_tokens=3) == 6 * 100 * 10 + 12 * 2 * 8 * 20 + 6 * 8 * 50 * 3
     assert PEAK_FLOPS_BF16["H100"] == 989e12 and round_vocab(30522) == 30528 and round_vocab(4096) == 4096
+
+
+def test_checkpoint_manager_atomic_retention_and_find(tmp_path):
+    """Without Accelerate: saves land complete under step_N (never a half-written one), only `keep` stay, `find`
+    resolves latest / a run folder / a checkpoint folder, and says what to pass when there is nothing to resume."""
+    from mosaic_bert.errors import ResumeError
+    from mosaic_bert.train.checkpoint import CheckpointManager
+    from mosaic_bert.train.config import load_recipe
+
+    class OneProcess:
+        is_main_process, num_processes = True, 1
+        wait_for_everyone = staticmethod(lambda: None)
+
+        def save_state(self, folder):
+            assert Path(folder).name.startswith(".tmp-")          # written aside, renamed when complete
+            (Path(folder) / "model.safetensors").write_text("w")
+
+    cm = CheckpointManager(tmp_path / "run", OneProcess(), keep=2)
+    with pytest.raises(ResumeError, match="no checkpoint under"):
+        cm.find("latest")
+    assert cm.find("auto") is None and cm.find(None) is None
+    r = load_recipe(None)
+    for step in (4, 8, 12):
+        cm.save(step, r, {"samples_seen": step * 32, "loader": {"step": step}})
+    assert [p.name for p in cm.checkpoints()] == ["step_0000008", "step_0000012"]
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp*"))
+    assert cm.find("latest") == cm.find(str(tmp_path / "run")) == cm.find(str(cm.checkpoints()[-1])) == cm.checkpoints()[-1]
+    assert cm.check_compatible(cm.find("latest"), r)["loader"] == {"step": 12}
+    with pytest.raises(ResumeError, match="not a checkpoint folder"):
+        cm.find(str(tmp_path))
