@@ -93,10 +93,15 @@ def full_layout(batch: int, seqlen: int, device) -> Unpadded:
     return Unpadded(None, cu_seqlens, seqlen, batch, seqlen)
 
 
-def gather_tokens(x: torch.Tensor, indices: Optional[torch.Tensor]) -> torch.Tensor:
-    """`(batch, seqlen, ...)` → `(total_nnz, ...)` at `indices` (all positions when None)."""
+def gather_tokens(x: torch.Tensor, indices: Optional[torch.Tensor], fill_row: bool = False) -> torch.Tensor:
+    """`(batch, seqlen, ...)` → `(total_nnz, ...)` at `indices` (all positions when None). With `fill_row`, index
+    `batch * seqlen` is allowed and reads zeros (a filler token of a bucketed layout, see `bucketed_layout`)."""
     flat = x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-    return flat if indices is None else index_first_axis(flat, indices)
+    if indices is None:
+        return flat
+    if fill_row:
+        flat = torch.cat([flat, flat.new_zeros((1, *flat.shape[1:]))])
+    return index_first_axis(flat, indices)
 
 
 def unpad_input(hidden_states: torch.Tensor, attention_mask: torch.Tensor):
@@ -106,16 +111,69 @@ def unpad_input(hidden_states: torch.Tensor, attention_mask: torch.Tensor):
     return index_first_axis(flat, u.indices), u.indices, u.cu_seqlens, u.max_seqlen
 
 
-def pad_input(hidden_states: torch.Tensor, indices: Optional[torch.Tensor], batch: int, seqlen: int) -> torch.Tensor:
-    """`(total_nnz, ...)` → `(batch, seqlen, ...)` with zeros at the padding (a view when `indices` is None)."""
+def pad_input(hidden_states: torch.Tensor, indices: Optional[torch.Tensor], batch: int, seqlen: int,
+              fill_row: bool = False) -> torch.Tensor:
+    """`(total_nnz, ...)` → `(batch, seqlen, ...)` with zeros at the padding (a view when `indices` is None). With
+    `fill_row`, rows at index `batch * seqlen` (filler tokens of a bucketed layout) are dropped."""
     if indices is None:
         return hidden_states.view(batch, seqlen, *hidden_states.shape[1:])
-    out = index_put_first_axis(hidden_states, indices, batch * seqlen)
-    return out.view(batch, seqlen, *hidden_states.shape[1:])
+    n = batch * seqlen
+    out = index_put_first_axis(hidden_states, indices, n + 1 if fill_row else n)
+    return out[:n].view(batch, seqlen, *hidden_states.shape[1:])
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple if multiple > 1 else n
+
+
+def bucketed_layout(attention_mask: torch.Tensor, labels: Optional[torch.Tensor] = None, *, token_multiple: int = 512,
+                    label_multiple: int = 256, max_seqlen: Optional[int] = None) -> dict:
+    """The unpadding of a padded CPU batch with bucketed sizes, for a data collator: the model then sees only a few
+    distinct shapes (no recompiles, CUDA graphs possible) and no data-dependent size at all. Pure function, CPU only.
+
+    Returns the model's keyword inputs `indices`, `cu_seq_lens_q`, `max_length_q` and, with `labels`,
+    `masked_positions`:
+    - `indices` (T,) int64, T = the real-token count rounded up to `token_multiple`: flat positions of the real tokens
+      in the (batch * seqlen) grid, in the model's order (`unpad_mask`), then filler tokens marked `batch * seqlen`
+      (they read token id 0 and type 0 and are dropped from every output);
+    - `cu_seq_lens_q` int32 of fixed length per (batch, token_multiple, max_seqlen) for 0/1 masks: the real
+      sequences, zero-length slots up to `batch` sequences, then ceil(token_multiple / max_seqlen) filler segments
+      of at most `max_seqlen` tokens each (attention never mixes filler and real tokens);
+    - `max_length_q`: `max_seqlen` (default: the padded length; a Python int, so no guard on the data);
+    - `masked_positions` (C,) int64, C = the labelled count (labels != -100) rounded up to `label_multiple`: flat
+      positions of the labelled tokens in row-major order, then `batch * seqlen` (target -100, no loss).
+    The model's outputs on real tokens equal those of the plain padded batch.
+    """
+    from_mask = unpad_mask(attention_mask.cpu())
+    batch, seqlen = from_mask.batch, from_mask.seqlen
+    max_len = seqlen if max_seqlen is None else int(max_seqlen)
+    if max_len < 1:
+        raise ValueError(f"max_seqlen must be >= 1, got {max_len}")
+    real = from_mask.indices
+    total = real.shape[0]
+    bucket = _round_up(max(total, 1), token_multiple)
+    n_fill = bucket - total
+    grid = batch * seqlen
+    indices = torch.cat([real, torch.full((n_fill,), grid, dtype=real.dtype)])
+    cu_real = from_mask.cu_seqlens.to(torch.int64)
+    n_seqs = cu_real.shape[0] - 1
+    slots = _round_up(max(n_seqs, 1), max(batch, 1))  # = batch for 0/1 masks: a fixed length
+    fill_segs = -(-max(token_multiple, 1) // max_len)
+    cu = torch.full((slots + fill_segs + 1,), total, dtype=torch.int64)
+    cu[: n_seqs + 1] = cu_real
+    fill_ends = total + torch.clamp(torch.arange(1, fill_segs + 1) * max_len, max=n_fill)
+    cu[slots + 1:] = fill_ends
+    out = dict(indices=indices, cu_seq_lens_q=cu.to(torch.int32), max_length_q=max_len)
+    if labels is not None:
+        picked = torch.nonzero(labels.cpu().reshape(-1) != -100, as_tuple=False).flatten()
+        cap = _round_up(max(picked.shape[0], 1), label_multiple)
+        out["masked_positions"] = torch.cat([picked, torch.full((cap - picked.shape[0],), grid, dtype=picked.dtype)])
+    return out
 
 
 __all__ = [
     "Unpadded",
+    "bucketed_layout",
     "full_layout",
     "gather_tokens",
     "index_first_axis",

@@ -649,10 +649,11 @@ class BertModel(BertPreTrainedModel):
                 f"Input sequences are longer than config.alibi_starting_size={alibi_size}: ALiBi extrapolates beyond "
                 "the trained length. Set config.alibi_starting_size to the length you intend to silence this."
             )
-        flat_ids = gather_tokens(input_ids, u.indices) if input_ids is not None else None
-        flat_embeds = gather_tokens(inputs_embeds, u.indices) if inputs_embeds is not None else None
+        fill = indices is not None  # a caller's unpadding may hold filler tokens (index batch * seqlen)
+        flat_ids = gather_tokens(input_ids, u.indices, fill) if input_ids is not None else None
+        flat_embeds = gather_tokens(inputs_embeds, u.indices, fill) if inputs_embeds is not None else None
         if token_type_ids is not None:
-            flat_types = gather_tokens(token_type_ids, u.indices)
+            flat_types = gather_tokens(token_type_ids, u.indices, fill)
         else:
             flat_types = torch.zeros(total, dtype=torch.long, device=ref.device)
         hidden = self.embeddings(flat_ids, flat_types, flat_embeds)  # (total_nnz, hidden)
@@ -662,11 +663,12 @@ class BertModel(BertPreTrainedModel):
             masked_positions = torch.nonzero(masked_tokens_mask.reshape(-1), as_tuple=False).flatten()
         subset_idx = None
         if masked_positions is not None and not output_hidden_states:
-            # positions in the padded grid -> rows of the unpadded tokens, in the same (row-major) order
+            # positions in the padded grid -> rows of the unpadded tokens, in the same (row-major) order; the filler
+            # position batch * seqlen (fixed-capacity positions, `bucketed_layout`) maps to some row, loss-free
             if u.indices is None:
-                subset_idx = masked_positions
+                subset_idx = masked_positions.clamp(max=total - 1)
             else:
-                row_of = torch.zeros(batch * seqlen, dtype=torch.long, device=u.indices.device)
+                row_of = torch.zeros(batch * seqlen + 1, dtype=torch.long, device=u.indices.device)
                 row_of = row_of.index_copy(0, u.indices, torch.arange(total, device=u.indices.device))
                 subset_idx = row_of[masked_positions]
         hidden, all_hidden = self.encoder(hidden, seqs, self._attention_function(hidden), subset_idx, output_hidden_states)
@@ -674,9 +676,10 @@ class BertModel(BertPreTrainedModel):
         if subset_idx is not None:
             sequence_output = hidden  # (n_masked, hidden)
         elif masked_positions is not None:
-            sequence_output = pad_input(hidden, u.indices, batch, seqlen).reshape(batch * seqlen, -1)[masked_positions]
+            grid = pad_input(hidden, u.indices, batch, seqlen, fill).reshape(batch * seqlen, -1)
+            sequence_output = torch.cat([grid, grid.new_zeros((1, grid.shape[1]))])[masked_positions]
         else:
-            sequence_output = pad_input(hidden, u.indices, batch, seqlen)  # (batch, seqlen, hidden)
+            sequence_output = pad_input(hidden, u.indices, batch, seqlen, fill)  # (batch, seqlen, hidden)
         pooled_output = None
         if self.pooler is not None and masked_positions is None:
             # the first token of each row; of each sequence for padding-free inputs (n_seqs, hidden)
@@ -684,7 +687,7 @@ class BertModel(BertPreTrainedModel):
             pooled_output = self.pooler(first)
         hidden_states = None
         if output_hidden_states:
-            hidden_states = tuple(pad_input(h, u.indices, batch, seqlen) for h in all_hidden)
+            hidden_states = tuple(pad_input(h, u.indices, batch, seqlen, fill) for h in all_hidden)
 
         if not return_dict:
             return tuple(v for v in (sequence_output, pooled_output, hidden_states) if v is not None)
@@ -698,7 +701,9 @@ class BertForMaskedLM(BertPreTrainedModel):
 
     With `labels` (batch, seqlen; -100 = not a prediction target), the last layer and the head run only at the
     labelled tokens: `loss` is the mean cross-entropy over them and `logits` is (n_labelled, vocab) in row-major
-    (batch, position) order. Without labels, `logits` is (batch, seqlen, vocab) (zeros at padding), e.g. for fill-mask.
+    (batch, position) order. A collator may pass those positions as `masked_positions` (C,) with a fixed capacity
+    (filled with `batch * seqlen`; `bert_padding.bucketed_layout`): then `logits` is (C, vocab), the filler rows
+    carry no loss, and the step has no data-dependent size. Without labels, `logits` is (batch, seqlen, vocab) (zeros at padding), e.g. for fill-mask.
     """
 
     _tied_weights_keys = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}
@@ -728,13 +733,19 @@ class BertForMaskedLM(BertPreTrainedModel):
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        positions = None
+        positions = kwargs.pop("masked_positions", None)
         if labels is not None:
             _check_shapes(input_ids, attention_mask, None, inputs_embeds, labels)
             _check_values(self.config, attention_mask=attention_mask, labels=labels)
             flat_labels = labels.reshape(-1)
-            positions = torch.nonzero(flat_labels != -100, as_tuple=False).flatten()  # the one data-dependent size
-            targets = flat_labels[positions]  # (n_masked,) row-major, the order of the logits below
+            if positions is None:
+                positions = torch.nonzero(flat_labels != -100, as_tuple=False).flatten()  # a data-dependent size
+                targets = flat_labels[positions]  # (n_masked,) row-major, the order of the logits below
+            else:  # fixed capacity from the collator (`bucketed_layout`): filler positions batch * seqlen, target -100
+                positions = positions.to(device=flat_labels.device, dtype=torch.long, non_blocking=True)
+                targets = torch.cat([flat_labels, flat_labels.new_full((1,), -100)])[positions]
+        elif positions is not None:
+            raise ValueError("masked_positions go with labels (the MLM loss); without labels pass neither.")
         outputs = self.bert(
             input_ids,
             attention_mask=attention_mask,
@@ -755,7 +766,7 @@ class BertForMaskedLM(BertPreTrainedModel):
         else:
             # mean over the labelled tokens; no labelled token gives a zero loss that still has a graph (DDP)
             n_masked = (flat_labels != -100).sum().clamp_min(1)
-            loss = F.cross_entropy(logits.float(), targets, reduction="sum") / n_masked
+            loss = F.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum") / n_masked
         if not return_dict:
             return (loss, logits) if loss is not None else (logits,)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
