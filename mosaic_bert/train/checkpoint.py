@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -15,6 +16,8 @@ from ..errors import ResumeError
 
 STATE_FILE = "trainer_state.json"
 RECIPE_FILE = "recipe.json"
+RUN_MARKERS = ("metrics.jsonl", "config.json", "model.safetensors")  # files an earlier run leaves
+KEEP_IN_PLACE = ()  # files that stay when an earlier run moves aside
 
 
 def _jsonable(obj):
@@ -76,15 +79,38 @@ class CheckpointManager:
                               "in the checkpoint), or start a new run in another train.output_dir.")
         return state
 
-    def start_fresh(self, log=print):
-        """Remove an earlier run's checkpoints (a new run must not resume from or mix with them)."""
+    def earlier_run(self) -> list[str]:
+        """What in ``out_dir`` shows an earlier run (checkpoints, a metrics log, an exported model)."""
+        found = [str(p) for p in self.checkpoints()[-1:]]
+        return found + [str(self.out_dir / f) for f in RUN_MARKERS if (self.out_dir / f).exists()]
+
+    def start_fresh(self, overwrite: bool = False, log=print):
+        """Start a new run in ``out_dir``. An earlier run there is never deleted: without ``overwrite`` this refuses
+        (naming --resume and --overwrite); with it the earlier run moves aside to ``<out_dir>.previous-<time>``."""
+        earlier = self.earlier_run()
+        if earlier and not overwrite:
+            raise ResumeError(f"{self.out_dir} holds an earlier run ({', '.join(earlier[:3])}). Continue it with "
+                              f"--resume, start over with --overwrite (the earlier run is moved aside to "
+                              f"{self.out_dir.name}.previous-<time>, not deleted), or set another train.output_dir.")
         if self.accelerator.is_main_process:
-            if self.checkpoints():
-                log(f"[pretrain] {self.out_dir} holds checkpoints of an earlier run; starting fresh (pass --resume to "
-                    f"continue it)")
-                shutil.rmtree(self.root, ignore_errors=True)
+            if earlier:
+                aside = self.move_aside()
+                log(f"[pretrain] --overwrite: moved the earlier run in {self.out_dir} to {aside}")
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
+
+    def move_aside(self) -> Path:
+        """Move everything in ``out_dir`` (but the run lock) to a new sibling ``<name>.previous-<time>``."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.out_dir.with_name(f"{self.out_dir.name}.previous-{stamp}")
+        n = 1
+        while aside.exists():
+            aside, n = self.out_dir.with_name(f"{self.out_dir.name}.previous-{stamp}-{n}"), n + 1
+        aside.mkdir(parents=True)
+        for child in self.out_dir.iterdir():
+            if child.name not in KEEP_IN_PLACE:
+                os.replace(child, aside / child.name)
+        return aside
 
     def save(self, step: int, recipe, trainer_state: dict) -> Path:
         acc = self.accelerator

@@ -1,5 +1,5 @@
 """The command lines (``scripts/*.py`` call these): ``main`` = pretraining (``[recipe] [section.key=value ...]
-[--resume [PATH]] [--print-recipe]``: parse, run the Trainer, show a fill-mask example of the exported folder),
+[--resume [PATH] | --overwrite] [--print-recipe]``: parse, run the Trainer, show a fill-mask example of the exported folder),
 ``train_tokenizer_main`` and ``push_to_hub_main``. User-fixable errors exit with status 2 and the fix."""
 
 from __future__ import annotations
@@ -34,8 +34,13 @@ def parse_args(argv=None):
                     "overrides (e.g. train.lr=1e-4)")
     ap.add_argument("--resume", nargs="?", const="latest", default=None,
                     help="resume from the latest checkpoint of train.output_dir, or from PATH")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="start a new run in a train.output_dir that holds an earlier one: the earlier run is moved "
+                    "aside to <output_dir>.previous-<time> (never deleted)")
     ap.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
     ns = ap.parse_args(argv)
+    if ns.resume and ns.overwrite:
+        ap.error("--resume continues the run in train.output_dir and --overwrite starts a new one there: pass one")
     recipes = [a for a in ns.args if "=" not in a]
     if len(recipes) > 1:
         ap.error(f"unexpected argument {recipes[1]!r} (one recipe file, then key=value overrides)")
@@ -61,7 +66,7 @@ def main(argv=None) -> int:
             print(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
             return 0
         from .trainer import Trainer
-        summary = Trainer(recipe, resume=ns.resume).fit()
+        summary = Trainer(recipe, resume=ns.resume, overwrite=ns.overwrite).fit()
     except MosaicBertError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -28,9 +28,11 @@ from .state import TrainState
 
 
 class Trainer:
-    """``Trainer(recipe, resume=None | "latest" | PATH, callbacks=[Callback, ...]).fit()`` -> the run's summary."""
+    """``Trainer(recipe, resume=None | "latest" | PATH, callbacks=[Callback, ...], overwrite=False).fit()`` -> the
+    run's summary. A new run (no ``resume``) refuses a folder that holds an earlier run unless ``overwrite``, which
+    moves that run aside."""
 
-    def __init__(self, recipe: Recipe, resume=None, callbacks=()):
+    def __init__(self, recipe: Recipe, resume=None, callbacks=(), overwrite: bool = False):
         self.recipe, self.callbacks, self.t_start = recipe, list(callbacks), time.time()
         t = recipe.train
         self.acc = acc = build_accelerator(t)
@@ -41,7 +43,7 @@ class Trainer:
         ckpt = self.checkpoints.find(resume)
         resumed = self.checkpoints.check_compatible(ckpt, recipe) if ckpt else None
         if ckpt is None:
-            self.checkpoints.start_fresh(self.say)
+            self.checkpoints.start_fresh(overwrite, self.say)
         self.data = data = build_data(recipe.data, recipe.tokenizer, acc, log=self.say)
         total = duration_to_steps(t.max_duration, t.global_batch_size, data.meta["train"]["mean_tokens_per_row"])
         self.family = model_family(recipe.model.family)

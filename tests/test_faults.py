@@ -1,0 +1,49 @@
+"""Faults a run must survive without losing anything (issue 16, must-fix 1-4 and 7): a forgotten --resume, a crafted
+checkpoint, two runs in one folder, SIGTERM/SIGINT, a full disk. Each test reproduces the fault first; the pretraining
+ones run the real script on a tiny model (tests/train/test_pretrain.py's settings), a few seconds each."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "train"))
+from test_pretrain import ROOT, SCRIPT, losses, run, tiny_args  # noqa: E402
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("faults-cache")
+
+
+def short(out, cache, **extra):
+    return tiny_args(out, cache, **{"train.max_duration": "8ba", "train.eval_interval": 8, **extra})
+
+
+def tree(folder: Path) -> dict:
+    """Every file under ``folder`` with its size and modification time (to show nothing was touched)."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------------------ 1. a forgotten --resume
+def test_new_run_in_a_folder_with_checkpoints_refuses_and_keeps_them(cache, tmp_path):
+    out = tmp_path / "run"
+    run(short(out, cache))
+    before = tree(out)
+    p = run(short(out, cache), check=False)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "--resume" in p.stderr and "--overwrite" in p.stderr, p.stderr[-2000:]
+    assert tree(out) == before                                   # nothing deleted, nothing rewritten
+    p = run(short(out, cache) + ["--overwrite"])                 # a deliberate start-over keeps the old run aside
+    aside = [d for d in tmp_path.iterdir() if d.name.startswith("run.previous-")]
+    assert len(aside) == 1 and tree(aside[0]) == before, (aside, p.stdout[-2000:])
+    assert "moved" in p.stdout and str(aside[0]) in p.stdout
+    assert [s for s, _ in losses(out)[0]] == list(range(1, 9))   # the new run's log only
