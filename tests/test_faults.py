@@ -47,3 +47,33 @@ def test_new_run_in_a_folder_with_checkpoints_refuses_and_keeps_them(cache, tmp_
     assert len(aside) == 1 and tree(aside[0]) == before, (aside, p.stdout[-2000:])
     assert "moved" in p.stdout and str(aside[0]) in p.stdout
     assert [s for s, _ in losses(out)[0]] == list(range(1, 9))   # the new run's log only
+
+
+# ------------------------------------------------------------------------------------------------ 2. code in a checkpoint
+class _Payload:
+    """Unpickling this runs a shell command that writes ``marker``: what a crafted checkpoint file can do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"echo ran > {self.marker}",)
+
+
+@pytest.fixture(scope="module")
+def finished(cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    run(short(out, cache))
+    return out
+
+
+@pytest.mark.parametrize("name", ["custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin"])
+def test_resume_never_unpickles_a_checkpoint_file(finished, cache, tmp_path, name):
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    marker = tmp_path / "marker"
+    (out / "checkpoints" / "step_0000008" / name).write_bytes(pickle.dumps(_Payload(marker)))
+    p = run(short(out, cache), resume="latest", check=False)
+    assert not marker.exists(), "a file in the checkpoint ran code on --resume"
+    assert p.returncode == 2 and name in p.stderr and "code" in p.stderr, p.stderr[-2000:]

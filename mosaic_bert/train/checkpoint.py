@@ -1,5 +1,5 @@
-"""Checkpoints of one run: ``<output_dir>/checkpoints/step_XXXXXXX/`` (Accelerate state: model, optimizer, schedule,
-RNG; plus ``trainer_state.json`` and ``recipe.json``). Saved atomically (written to a temp folder, then renamed: a
+"""Checkpoints of one run: ``<output_dir>/checkpoints/step_XXXXXXX/`` (model, optimizer and schedule as safetensors +
+JSON, see `safe_state`: nothing in a checkpoint is ever unpickled; plus ``trainer_state.json`` and ``recipe.json``). Saved atomically (written to a temp folder, then renamed: a
 checkpoint folder is complete or absent), the newest ``keep`` kept, found by step, and refused on resume when the
 recipe's fingerprint differs."""
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import ResumeError
+from .safe_state import STATE_FILES, check_checkpoint_files, load_training_state, save_training_state
 
 STATE_FILE = "trainer_state.json"
 RECIPE_FILE = "recipe.json"
@@ -37,9 +38,15 @@ def fingerprint_diffs(old: dict, new: dict, defaults: dict) -> list[str]:
 
 
 class CheckpointManager:
+    """``track(model, optimizer, scheduler)`` names what `save` writes and `load` restores (see `safe_state`)."""
+
     def __init__(self, out_dir, accelerator, keep: int):
         self.out_dir, self.accelerator, self.keep = Path(out_dir), accelerator, keep
         self.root = self.out_dir / "checkpoints"
+        self.tracked = None
+
+    def track(self, model, optimizer, scheduler):
+        self.tracked = (model, optimizer, scheduler)
 
     def checkpoints(self, out_dir: Optional[Path] = None) -> list[Path]:
         """Complete checkpoints, oldest first."""
@@ -113,28 +120,34 @@ class CheckpointManager:
         return aside
 
     def save(self, step: int, recipe, trainer_state: dict) -> Path:
+        """Write ``step_XXXXXXX`` (main process) atomically: into a temp folder, renamed when complete."""
         acc = self.accelerator
-        final, tmp = self.root / f"step_{step:07d}", self.root / f".tmp-step_{step:07d}"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
+        final = self.root / f"step_{step:07d}"
         if acc.is_main_process:
             state = {**trainer_state, "step": step, "fingerprint": recipe.fingerprint(), "world_size": acc.num_processes}
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
-            (tmp / RECIPE_FILE).write_text(json.dumps(recipe.to_dict(), indent=1, default=str))
+            tmp = self.root / f".tmp-step_{step:07d}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self._write(tmp, recipe, state)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             self._prune()
         acc.wait_for_everyone()
         return final
 
+    def _write(self, folder: Path, recipe, state: dict):
+        model, optimizer, scheduler = self.tracked
+        save_training_state(folder, self.accelerator.unwrap_model(model), optimizer, scheduler)
+        (folder / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
+        (folder / RECIPE_FILE).write_text(json.dumps(recipe.to_dict(), indent=1, default=str))
+
     def _prune(self):
         for old in self.checkpoints()[:-self.keep] if self.keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
 
     def load(self, ckpt: Path):
-        """Restore model, optimizer, schedule and RNG states (the trainer state comes from `check_compatible`)."""
-        self.accelerator.load_state(str(ckpt))
+        """Restore model, optimizer and schedule (the trainer state comes from `check_compatible`). Nothing is
+        unpickled: a folder with files this format does not write is refused before anything is read."""
+        check_checkpoint_files(ckpt, STATE_FILES + (STATE_FILE, RECIPE_FILE))
+        model, optimizer, scheduler = self.tracked
+        load_training_state(ckpt, self.accelerator.unwrap_model(model), optimizer, scheduler)

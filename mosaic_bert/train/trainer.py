@@ -51,7 +51,7 @@ class Trainer:
         model = self.family.build(recipe.model, len(data.tokenizer), data.tokenizer.pad_token_id).to(acc.device)
         optimizer, self.scheduler, self.warmup = build_training_optimization(model, t, total)
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        acc.register_for_checkpointing(self.scheduler)
+        self.checkpoints.track(self.model, self.optimizer, self.scheduler)
         self.forward = torch.compile(self.model) if t.compile else self.model
         self.masker = MLMMasker.from_tokenizer(data.tokenizer, t.mlm_probability, t.seed)
         self.eval_masker = MLMMasker.from_tokenizer(data.tokenizer, t.eval_mlm_probability, t.seed + 7919)

@@ -184,15 +184,17 @@ def test_checkpoint_manager_atomic_retention_and_find(tmp_path):
     from mosaic_bert.train.checkpoint import CheckpointManager
     from mosaic_bert.train.config import load_recipe
 
+    import torch
+
     class OneProcess:
         is_main_process, num_processes = True, 1
         wait_for_everyone = staticmethod(lambda: None)
-
-        def save_state(self, folder):
-            assert Path(folder).name.startswith(".tmp-")          # written aside, renamed when complete
-            (Path(folder) / "model.safetensors").write_text("w")
+        unwrap_model = staticmethod(lambda m: m)
 
     cm = CheckpointManager(tmp_path / "run", OneProcess(), keep=2)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    cm.track(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0))
     with pytest.raises(ResumeError, match="no checkpoint under"):
         cm.find("latest")
     assert cm.find("auto") is None and cm.find(None) is None
