@@ -16,6 +16,7 @@ setup(
     extras_require={
         "train": [
             "accelerate>=1.0",
+            "filelock>=3.12",
             "datasets>=3.0",
             "tokenizers",
             "pyyaml",

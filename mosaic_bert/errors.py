@@ -24,3 +24,11 @@ class ExportError(MosaicBertError):
 
 class GlueDataError(DataError):
     """GLUE data for a task is missing or malformed."""
+
+
+class RunLockedError(ResumeError):
+    """The output folder is in use by another run (it holds the folder's lock)."""
+
+
+class CheckpointError(MosaicBertError):
+    """A checkpoint cannot be written (e.g. the disk is full); the previous one is intact."""

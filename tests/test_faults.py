@@ -77,3 +77,43 @@ def test_resume_never_unpickles_a_checkpoint_file(finished, cache, tmp_path, nam
     p = run(short(out, cache), resume="latest", check=False)
     assert not marker.exists(), "a file in the checkpoint ran code on --resume"
     assert p.returncode == 2 and name in p.stderr and "code" in p.stderr, p.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------------------ 3. two runs, one folder
+def wait_for(cond, timeout=120, what="condition"):
+    t0 = time.time()
+    while not cond():
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def started(out: Path, step: int = 2) -> bool:
+    """The run in ``out`` has logged optimizer step ``step``."""
+    try:
+        return any(json.loads(line).get("step", 0) >= step and "loss" in line
+                   for line in (out / "metrics.jsonl").read_text().splitlines())
+    except (OSError, ValueError):
+        return False
+
+
+def background_run(args, extra=()):
+    return subprocess.Popen([sys.executable, str(SCRIPT)] + args + list(extra), cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("flag", ["--overwrite", "--resume"])
+def test_second_run_in_a_busy_folder_fails_naming_the_holder(cache, tmp_path, flag):
+    out = tmp_path / "run"
+    first = background_run(short(out, cache, **{"train.max_duration": "2000ba", "train.checkpoint_interval": 2}))
+    try:
+        wait_for(lambda: started(out, 3) or first.poll() is not None, what="the first run to train")
+        assert first.poll() is None, first.communicate()[1][-2000:]
+        p = run(short(out, cache, **{"train.max_duration": "2000ba", "train.checkpoint_interval": 2}) + [flag],
+                check=False)
+        assert p.returncode == 2 and "in use" in p.stderr and f"pid {first.pid}" in p.stderr, p.stderr[-2000:]
+        assert not [d for d in tmp_path.iterdir() if ".previous-" in d.name]      # the first run was not moved
+        assert first.poll() is None and started(out, 4)                            # and goes on
+    finally:
+        first.kill()
+        first.communicate()

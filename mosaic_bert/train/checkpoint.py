@@ -18,7 +18,7 @@ from .safe_state import STATE_FILES, check_checkpoint_files, load_training_state
 STATE_FILE = "trainer_state.json"
 RECIPE_FILE = "recipe.json"
 RUN_MARKERS = ("metrics.jsonl", "config.json", "model.safetensors")  # files an earlier run leaves
-KEEP_IN_PLACE = ()  # files that stay when an earlier run moves aside
+KEEP_IN_PLACE = (".run.lock", ".run-holder.json")  # the run lock (runlock.py) stays when an earlier run moves aside
 
 
 def _jsonable(obj):

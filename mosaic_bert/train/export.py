@@ -12,7 +12,8 @@ from .metrics import plot_curve
 from .model import model_family
 
 # run artefacts that are not part of the published model
-EXCLUDE = ("checkpoints", "runs", ".tmp*", "*.tmp", "events.out.tfevents*", "trainer_state.json", "summary.json")
+EXCLUDE = ("checkpoints", "runs", ".tmp*", "*.tmp", "events.out.tfevents*", "trainer_state.json", "summary.json",
+           ".run.lock", ".run-holder.json")
 
 
 def _data_description(d: dict) -> str:

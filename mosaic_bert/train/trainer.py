@@ -23,6 +23,7 @@ from .masking import MLMMasker
 from .metrics import Reporter, eval_message
 from .model import model_family
 from .optim import build_training_optimization
+from .runlock import lock_run
 from .runtime import build_accelerator, init_trackers, main_process_printer, resolve_precision, seed_microbatch
 from .state import TrainState
 
@@ -34,9 +35,23 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, resume=None, callbacks=(), overwrite: bool = False):
         self.recipe, self.callbacks, self.t_start = recipe, list(callbacks), time.time()
-        t = recipe.train
-        self.acc = acc = build_accelerator(t)
-        self.say = main_process_printer(acc)
+        self.acc = build_accelerator(recipe.train)
+        self.say = main_process_printer(self.acc)
+        self.lock = lock_run(recipe.train.output_dir, self.acc)   # held until fit() ends: one run per folder
+        try:
+            self._build(resume, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        """Release the output folder's lock (fit() does when it ends or fails)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _build(self, resume, overwrite: bool):
+        recipe, acc, t = self.recipe, self.acc, self.recipe.train
         self.plan = BatchPlan(t.seed, t.global_batch_size, t.microbatch_size, check_batch(recipe, acc.num_processes),
                               acc.num_processes, acc.process_index)
         self.checkpoints = CheckpointManager(t.output_dir, acc, t.keep_checkpoints)
@@ -133,6 +148,12 @@ class Trainer:
         self.checkpoints.save(self.state.step, self.recipe, self.state.state_dict())
 
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> dict:
         t, state = self.recipe.train, self.state
         due = lambda every: state.step % every == 0 or state.step == state.total_steps
         if state.step == 0:
