@@ -414,6 +414,8 @@ class ModelSpec:
     ours: bool = False
     real_flops: bool = False
     cpu_layout: bool = False  # also pass the unpadding computed on the CPU, where the model accepts it
+    bucketed: bool = False  # the unpadding with bucketed sizes (filler tokens, fixed-capacity masked positions)
+    compile_mode: str | None = None  # torch.compile mode for this row (None: --compile-mode)
 
 
 def _takes_cpu_layout() -> bool:
@@ -469,7 +471,30 @@ MODELS = (
     ModelSpec("modernbert-base-sdpa", _modernbert),
     ModelSpec("ours", _ours, ours=True, real_flops=True),
     ModelSpec("ours-compiled", _ours, compiled=True, ours=True, real_flops=True, cpu_layout=True),
+    ModelSpec("ours-compiled-bucketed", _ours, compiled=True, ours=True, real_flops=True, bucketed=True),
+    ModelSpec("ours-compiled-bucketed-cg", _ours, compiled=True, ours=True, real_flops=True, bucketed=True,
+              compile_mode="reduce-overhead"),
 )
+TOKEN_MULTIPLE, LABEL_MULTIPLE = 512, 256  # bucket sizes of the bucketed rows
+
+
+def bucketed_inputs(b: dict) -> dict:
+    """``b`` plus the bucketed unpadding a data collator computes on the CPU (``bert_padding.bucketed_layout``):
+    the real-token count rounded up to TOKEN_MULTIPLE with filler tokens, the labelled positions at a capacity
+    rounded up to LABEL_MULTIPLE, max_length_q = the padded length. No data-dependent size is left in the step."""
+    from mosaic_bert.modeling.bert_padding import bucketed_layout
+
+    lay = bucketed_layout(b["attention_mask"], b.get("labels"), token_multiple=TOKEN_MULTIPLE,
+                          label_multiple=LABEL_MULTIPLE)
+    return dict(b, **lay)
+
+
+def mark_bucket_dims(batches: list[dict]) -> None:
+    """One compiled graph for every bucket (the sizes stay symbolic); CUDA graphs are recorded per bucket."""
+    for b in batches:
+        for key in ("indices", "masked_positions"):
+            if key in b:
+                torch._dynamo.maybe_mark_dynamic(b[key], 0)
 
 
 def case_batches(case: Case, n: int, vocab: int, seed: int) -> list[dict]:
@@ -539,20 +564,24 @@ class _Timer:
         return list(self.marks)
 
 
-def make_step(model, case: Case, amp: bool, device: str):
+def make_step(model, case: Case, amp: bool, device: str, graphs: bool = False):
     """-> step(batch): one training step (autocast bf16 when ``amp``, MLM loss, fused AdamW) or one inference
-    forward (no grad, encoder output)."""
+    forward (no grad, encoder output). ``graphs``: the model runs under CUDA graphs (mode="reduce-overhead"); each
+    step starts a new graph step (outputs of the previous replay are not kept)."""
+    begin = torch.compiler.cudagraph_mark_step_begin if graphs else (lambda: None)
     if case.kind == "infer":
         model.eval()
 
         def infer(b):
+            begin()
             with torch.no_grad():
-                return model(**{k: v for k, v in b.items() if k != "labels"}).last_hidden_state
+                return model(**{k: v for k, v in b.items() if k not in ("labels", "masked_positions")}).last_hidden_state
         return infer
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if device == "cuda" else {}))
 
     def train(b):
+        begin()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
             loss = model(**b).loss
         loss.backward()
@@ -583,9 +612,11 @@ def measure(spec: ModelSpec, case: Case, batches: list[dict], args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     row = dict(params=sum(p.numel() for p in model.parameters()),
                flops=model_flops(model, case, batches, spec.real_flops))
+    mode = spec.compile_mode or args.compile_mode
     if spec.compiled:
-        model = torch.compile(model, mode=args.compile_mode, backend=args.compile_backend)
-    step = make_step(model, case, amp=cuda, device=args.device)
+        model = torch.compile(model, mode=mode, backend=args.compile_backend)
+    step = make_step(model, case, amp=cuda, device=args.device,
+                     graphs=spec.compiled and cuda and mode is not None and "reduce-overhead" in mode)
     t0 = time.perf_counter()
     step(batches[0])  # the first call compiles (compiled rows)
     if cuda:
@@ -626,7 +657,8 @@ def _to(b: dict, device: str) -> dict:
 def run_row(spec: ModelSpec, case: Case, batches: list[dict], args, peak) -> dict:
     """One (case, model) row; any failure is recorded in the row, never raised."""
     row = dict(case=case.name, kind=case.kind, batch=case.batch, seqlen=case.seqlen, pad=case.pad, model=spec.name,
-               ours=spec.ours, compiled=spec.compiled, flops_counted="real tokens" if spec.real_flops else "padded")
+               ours=spec.ours, compiled=spec.compiled, flops_counted="real tokens" if spec.real_flops else "padded",
+               compile_mode=(spec.compile_mode or args.compile_mode) if spec.compiled else None)
     if spec.compiled:
         torch._dynamo.reset()  # a fresh compile per row: no cache limits hit, no graphs kept from other shapes
         _graph_breaks(clear=True)
@@ -753,7 +785,9 @@ def compare_markdown(rows: list[dict], env: dict, args) -> str:
         mem = f"{r['peak_mem_gib']:.2f}" if "peak_mem_gib" in r else ""
         vs = f"**{r['vs_best_peer']:.2f}x** ({r['best_peer']})" if "vs_best_peer" in r else ""
         note = "; ".join(x for x in (f"{r['graph_breaks']} graph breaks" if r.get("graph_breaks") else "",
-                                     "CPU-side unpadding" if r.get("inputs", "padded") != "padded" else "") if x)
+                                     "bucketed unpadding" if "bucketed" in r.get("inputs", "") else
+                                     "CPU-side unpadding" if r.get("inputs", "padded") != "padded" else "",
+                                     f"mode {r['compile_mode']}" if r.get("compile_mode") else "") if x)
         lines.append(f"| {r['case']} | {r['model']} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | {mfu} | "
                      f"{mem} | {vs} | {r['first_step_s']:.1f} / {r['warmup_s']:.1f} | {note} |")
     goals = target_lines(rows)
@@ -839,15 +873,18 @@ def run_compare(args, models=MODELS) -> list[dict]:
         for b in with_layout:  # the token count varies by batch: compile for any, not first for one then again
             if "indices" in b:
                 torch._dynamo.maybe_mark_dynamic(b["indices"], 0)
+        bucketed = [_to(bucketed_inputs(b), args.device) for b in cpu] if layout_ok else plain
+        mark_bucket_dims(bucketed)
         for spec in models:
-            batches = with_layout if spec.cpu_layout else plain
+            batches = bucketed if spec.bucketed else with_layout if spec.cpu_layout else plain
             if args.smoke and spec.compiled and not args.smoke_compile:
                 row = dict(skipped="compiled rows are skipped in --smoke (add --smoke-compile)")
             elif time.perf_counter() - t_start > args.budget_s:
                 row = dict(skipped=f"time budget --budget-s {args.budget_s:.0f} spent")
             else:
                 row = run_row(spec, case, batches, args, peak)
-                row["inputs"] = "padded + CPU-side unpadding" if batches is not plain else "padded"
+                row["inputs"] = ("padded" if batches is plain else "padded + bucketed CPU-side unpadding"
+                                 if batches is bucketed else "padded + CPU-side unpadding")
             row = {**dict(case=case.name, kind=case.kind, model=spec.name, ours=spec.ours), **row}
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -60,6 +60,7 @@ __all__ = [
     "flash_attn_varlen_qkvpacked_func",
     "varlen_padded_layout",
     "varlen_attention",
+    "geglu_dropout",
     "reference_attn_fwd",
     "reference_attn_bwd",
 ]
@@ -933,6 +934,210 @@ def _register_ops():
 
 
 _register_ops()
+
+
+# ----------------------------------------------------------------------
+# GeGLU with dropout as a custom op: dropout(GELU(gate) * up), exact GELU
+# ----------------------------------------------------------------------
+# ``torch.ops.mosaic_bert.geglu_dropout_fwd_v1(gate_up, seed, p) -> (h, mask)``
+# and ``..._bwd_v1(dh, gate_up, mask, p) -> dgate_up``.  gate_up (N, 2I) is the
+# output of the fused (hidden -> 2 x intermediate) matmul, gate = [:, :I],
+# up = [:, I:]; h (N, I); mask (N, I) uint8 (1 = kept), or (0,) when p == 0;
+# seed (1,) int64, the only source of randomness (the op is a pure function of
+# its inputs, so compilers may move it but never need to recompute it).
+# Why a kernel: Inductor's fused version draws one Philox call per element and
+# its backward writes the two halves of dgate_up as a `cat`, loading every input
+# twice; here one Philox call gives four dropout decisions and the backward
+# reads each input once.  Same math: GELU and the gate product in fp32, keep an
+# element when its uniform draw is >= p, scale kept ones by 1 / (1 - p).
+_GEGLU_FWD_OP = "geglu_dropout_fwd_v1"
+_GEGLU_BWD_OP = "geglu_dropout_bwd_v1"
+_GEGLU_BLOCK_R, _GEGLU_BLOCK_C = 4, 1024  # a tile: 4 rows x 1024 columns, 4 quarters of 256 columns
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _gelu_f32(x):
+        return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+
+    @triton.jit
+    def _geglu_fwd_part(GU, H, MASK, rows, cols, r, n_rows, n_cols, p, scale,
+                        HAS_DROPOUT: tl.constexpr):
+        ok = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+        src = rows[:, None].to(tl.int64) * (2 * n_cols) + cols[None, :]
+        g = tl.load(GU + src, mask=ok, other=0.0).to(tl.float32)
+        u = tl.load(GU + src + n_cols, mask=ok, other=0.0).to(tl.float32)
+        h = _gelu_f32(g) * u
+        dst = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
+        if HAS_DROPOUT:
+            keep = tl.uint_to_uniform_float(r) >= p
+            h = tl.where(keep, h * scale, 0.0)
+            tl.store(MASK + dst, keep.to(tl.uint8), mask=ok)
+        tl.store(H + dst, h.to(H.dtype.element_ty), mask=ok)
+
+    @triton.jit
+    def _geglu_fwd_kernel(GU, H, MASK, SEED, n_rows, n_cols, n_col_blocks, p, scale,
+                          HAS_DROPOUT: tl.constexpr, BLOCK_R: tl.constexpr,
+                          BLOCK_C: tl.constexpr):
+        pid_r = tl.program_id(0)
+        pid_c = tl.program_id(1)
+        Q: tl.constexpr = BLOCK_C // 4
+        rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+        c0 = pid_c * BLOCK_C + tl.arange(0, Q)
+        if HAS_DROPOUT:
+            seed = tl.load(SEED)
+            # one Philox counter per (row, column block, column of a quarter): four draws, one per quarter
+            offs = (rows[:, None] * n_col_blocks + pid_c) * Q + tl.arange(0, Q)[None, :]
+            r0, r1, r2, r3 = tl.randint4x(seed, offs)
+        else:
+            r0 = 0
+            r1 = 0
+            r2 = 0
+            r3 = 0
+        _geglu_fwd_part(GU, H, MASK, rows, c0, r0, n_rows, n_cols, p, scale, HAS_DROPOUT)
+        _geglu_fwd_part(GU, H, MASK, rows, c0 + Q, r1, n_rows, n_cols, p, scale, HAS_DROPOUT)
+        _geglu_fwd_part(GU, H, MASK, rows, c0 + 2 * Q, r2, n_rows, n_cols, p, scale, HAS_DROPOUT)
+        _geglu_fwd_part(GU, H, MASK, rows, c0 + 3 * Q, r3, n_rows, n_cols, p, scale, HAS_DROPOUT)
+
+    @triton.jit
+    def _geglu_bwd_kernel(DH, GU, MASK, DGU, n_rows, n_cols, scale,
+                          HAS_DROPOUT: tl.constexpr, BLOCK_R: tl.constexpr,
+                          BLOCK_C: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        ok = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+        src = rows[:, None].to(tl.int64) * (2 * n_cols) + cols[None, :]
+        hid = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
+        g = tl.load(GU + src, mask=ok, other=0.0).to(tl.float32)
+        u = tl.load(GU + src + n_cols, mask=ok, other=0.0).to(tl.float32)
+        dh = tl.load(DH + hid, mask=ok, other=0.0).to(tl.float32)
+        if HAS_DROPOUT:
+            keep = tl.load(MASK + hid, mask=ok, other=0)
+            dh = tl.where(keep != 0, dh * scale, 0.0)
+        cdf = 0.5 * (1.0 + tl.math.erf(g * 0.7071067811865476))
+        pdf = tl.exp(-0.5 * g * g) * 0.3989422804014327
+        dg = dh * u * (cdf + g * pdf)
+        du = dh * (g * cdf)
+        tl.store(DGU + src, dg.to(DGU.dtype.element_ty), mask=ok)
+        tl.store(DGU + src + n_cols, du.to(DGU.dtype.element_ty), mask=ok)
+
+
+def _geglu_kernels(gate_up):
+    return (HAS_TRITON and gate_up.dtype in (torch.float16, torch.bfloat16)
+            and (gate_up.is_cuda or _interpreting()) and gate_up.dim() == 2
+            and gate_up.stride(-1) == 1 and gate_up.shape[1] % 2 == 0)
+
+
+def _geglu_check(gate_up, p):
+    if gate_up.dim() != 2 or gate_up.shape[1] % 2:
+        raise ValueError(f"gate_up must be (tokens, 2 * intermediate), got {tuple(gate_up.shape)}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+
+
+def reference_geglu_fwd(gate_up, seed, p):
+    """Plain-PyTorch forward of the op (fp32 math; the mask from a generator seeded with ``seed``)."""
+    n, i2 = gate_up.shape
+    gate, up = gate_up.float().split(i2 // 2, dim=-1)
+    h = torch.nn.functional.gelu(gate) * up
+    if p == 0.0:
+        return h.to(gate_up.dtype), gate_up.new_empty((0,), dtype=torch.uint8)
+    gen = torch.Generator(device=gate_up.device).manual_seed(int(seed.reshape(-1)[0]))
+    keep = torch.rand(h.shape, generator=gen, device=gate_up.device) >= p
+    return (torch.where(keep, h / (1.0 - p), 0.0)).to(gate_up.dtype), keep.to(torch.uint8)
+
+
+def reference_geglu_bwd(dh, gate_up, mask, p):
+    """Plain-PyTorch backward of the op (fp32 math)."""
+    n, i2 = gate_up.shape
+    gate, up = gate_up.float().split(i2 // 2, dim=-1)
+    d = dh.float()
+    if p > 0.0:
+        d = torch.where(mask.bool(), d / (1.0 - p), 0.0)
+    cdf = 0.5 * (1.0 + torch.erf(gate * 0.7071067811865476))
+    pdf = torch.exp(-0.5 * gate * gate) * 0.3989422804014327
+    return torch.cat([d * up * (cdf + gate * pdf), d * gate * cdf], dim=-1).to(gate_up.dtype)
+
+
+def _geglu_fwd_impl(gate_up: torch.Tensor, seed: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    _geglu_check(gate_up, p)
+    if not _geglu_kernels(gate_up):
+        return reference_geglu_fwd(gate_up, seed, p)
+    n, i2 = gate_up.shape
+    i = i2 // 2
+    h = _empty((n, i), gate_up)
+    dropout = p > 0.0
+    mask = torch.empty((n, i) if dropout else (0,), dtype=torch.uint8, device=gate_up.device)
+    if n and i:
+        n_cb = triton.cdiv(i, _GEGLU_BLOCK_C)
+        grid = (triton.cdiv(n, _GEGLU_BLOCK_R), n_cb)
+        _geglu_fwd_kernel[grid](gate_up, h, mask, seed if dropout else gate_up, n, i, n_cb, float(p),
+                                1.0 / (1.0 - p), HAS_DROPOUT=dropout, BLOCK_R=_GEGLU_BLOCK_R,
+                                BLOCK_C=_GEGLU_BLOCK_C, num_warps=4)
+    return h, mask
+
+
+def _geglu_bwd_impl(dh: torch.Tensor, gate_up: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
+    if not _geglu_kernels(gate_up):
+        return reference_geglu_bwd(dh, gate_up, mask, p)
+    n, i2 = gate_up.shape
+    i = i2 // 2
+    dh = dh.contiguous()
+    dgu = _empty((n, i2), gate_up)
+    if n and i:
+        block_c = _GEGLU_BLOCK_C // 4
+        grid = (triton.cdiv(n, _GEGLU_BLOCK_R), triton.cdiv(i, block_c))
+        _geglu_bwd_kernel[grid](dh, gate_up, mask, dgu, n, i, 1.0 / (1.0 - p), HAS_DROPOUT=p > 0.0,
+                                BLOCK_R=_GEGLU_BLOCK_R, BLOCK_C=block_c, num_warps=4)
+    return dgu
+
+
+def _geglu_fwd_fake(gate_up, seed, p):
+    n, i2 = gate_up.shape
+    mask_shape = (n, i2 // 2) if p > 0.0 else (0,)
+    return gate_up.new_empty((n, i2 // 2)), gate_up.new_empty(mask_shape, dtype=torch.uint8)
+
+
+def _geglu_bwd_fake(dh, gate_up, mask, p):
+    return gate_up.new_empty(gate_up.shape)
+
+
+def _geglu_setup_context(ctx, inputs, output):
+    gate_up, _, p = inputs
+    ctx.save_for_backward(gate_up, output[1])
+    ctx.p = p
+
+
+def _geglu_backward(ctx, dh, dmask):
+    gate_up, mask = ctx.saved_tensors
+    bwd = getattr(getattr(torch.ops, _OP_NAMESPACE), _GEGLU_BWD_OP)
+    return bwd(dh, gate_up, mask, ctx.p), None, None
+
+
+def _register_geglu_ops():
+    if _op_registered(_GEGLU_FWD_OP):
+        return
+    lib = torch.library
+    bwd = lib.custom_op(f"{_OP_NAMESPACE}::{_GEGLU_BWD_OP}", _geglu_bwd_impl, mutates_args=())
+    bwd.register_fake(_geglu_bwd_fake)
+    fwd = lib.custom_op(f"{_OP_NAMESPACE}::{_GEGLU_FWD_OP}", _geglu_fwd_impl, mutates_args=())
+    fwd.register_fake(_geglu_fwd_fake)
+    fwd.register_autograd(_geglu_backward, setup_context=_geglu_setup_context)
+
+
+_register_geglu_ops()
+
+
+def geglu_dropout(gate_up: torch.Tensor, p: float) -> torch.Tensor:
+    """dropout(GELU(gate_up[:, :I]) * gate_up[:, I:], p) through the custom op (eager, torch.compile, export):
+    the Triton kernels for fp16/bf16 on CUDA, the same math in PyTorch otherwise. ``p`` = 0 draws nothing."""
+    p = float(p)
+    if p > 0.0:
+        seed = torch.randint(0, 2**62, (1,), dtype=torch.int64, device=gate_up.device)
+    else:
+        seed = torch.zeros((1,), dtype=torch.int64, device=gate_up.device)
+    fwd = getattr(getattr(torch.ops, _OP_NAMESPACE), _GEGLU_FWD_OP)
+    return fwd(gate_up, seed, p)[0]
 
 
 def varlen_attention(qkv, cu_seqlens, max_seqlen, alibi_slopes, softmax_scale=None):

@@ -51,7 +51,7 @@ from .bert_padding import (
 )
 from .configuration_bert import ATTENTION_BACKENDS, BertConfig
 from .flash_attn_triton import is_available as triton_is_available
-from .flash_attn_triton import varlen_attention, varlen_padded_layout
+from .flash_attn_triton import geglu_dropout, varlen_attention, varlen_padded_layout
 
 try:  # flash-attn 2 (has alibi_slopes): an optional alternative kernel
     from flash_attn import flash_attn_varlen_qkvpacked_func as fa2_varlen_qkvpacked
@@ -315,7 +315,8 @@ def gelu_gate(gated: torch.Tensor, non_gated: torch.Tensor, p: float, training: 
 
 class BertGatedLinearUnitMLP(nn.Module):
     """GeGLU feed-forward: one (hidden -> 2 x intermediate) matmul, exact GELU on the first half times the second
-    half, dropout, `wo`, residual, post-LN."""
+    half, dropout, `wo`, residual, post-LN. In training the GeGLU and its dropout are one custom op
+    (`flash_attn_triton.geglu_dropout`)."""
 
     def __init__(self, config):
         super().__init__()
@@ -327,9 +328,14 @@ class BertGatedLinearUnitMLP(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         residual = hidden_states
-        gated, non_gated = self.gated_layers(hidden_states).split(self.intermediate_size, dim=-1)
-        # (total_nnz, intermediate)
-        hidden_states = gelu_gate(gated, non_gated, self.dropout.p, self.training)
+        gate_up = self.gated_layers(hidden_states)  # (total_nnz, 2 x intermediate)
+        if self.training:
+            # the custom op `torch.ops.mosaic_bert.geglu_dropout_fwd_v1` (Triton on CUDA in fp16/bf16): cheaper
+            # dropout draws and a backward that reads each input once, in eager and compiled training alike
+            hidden_states = geglu_dropout(gate_up, self.dropout.p)
+        else:  # plain PyTorch: torch.compile fuses it into one kernel at memory speed
+            gated, non_gated = gate_up.split(self.intermediate_size, dim=-1)
+            hidden_states = gelu_gate(gated, non_gated, 0.0, False)
         return self.layernorm(self.wo(hidden_states) + residual)
 
 
