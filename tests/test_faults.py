@@ -117,3 +117,65 @@ def test_second_run_in_a_busy_folder_fails_naming_the_holder(cache, tmp_path, fl
     finally:
         first.kill()
         first.communicate()
+
+
+# ------------------------------------------------------------------------------------------------ 4. SIGTERM / SIGINT
+SIGNAL_AT = """
+import os, signal, sys
+from mosaic_bert.train.cli import main
+from mosaic_bert.train.state import Callback
+
+class SignalAt(Callback):   # real signals to this process after optimizer step N, as a cluster would send them
+    def __init__(self, step, times):
+        self.step, self.times = step, times
+
+    def on_step_end(self, trainer):
+        if trainer.state.step == self.step:
+            for _ in range(self.times):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+sys.exit(main(sys.argv[3:], callbacks=[SignalAt(int(sys.argv[1]), int(sys.argv[2]))]))
+"""
+
+
+def run_with_signal_at(step, times, args):
+    return subprocess.run([sys.executable, "-c", SIGNAL_AT, str(step), str(times)] + args, cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+
+
+def checkpoint_steps(out: Path) -> list[int]:
+    return sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*"))
+
+
+def test_sigterm_saves_at_the_step_boundary_and_resume_is_exact(finished, cache, tmp_path):
+    out = tmp_path / "run"
+    p = run_with_signal_at(5, 1, short(out, cache))
+    assert p.returncode == 143, (p.returncode, p.stderr[-3000:])
+    assert checkpoint_steps(out) == [4, 5] and "--resume" in p.stderr, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    run(short(out, cache), resume="latest")
+    (tr1, ev1), (tr2, ev2) = losses(finished), losses(out)
+    assert [s for s, _ in tr2] == list(range(1, 9))
+    for (s1, a), (s2, b) in zip(tr1 + ev1, tr2 + ev2):
+        assert s1 == s2 and a == pytest.approx(b, rel=1e-6, abs=1e-6), (s1, a, b)
+
+
+def test_second_signal_exits_at_once(cache, tmp_path):
+    out = tmp_path / "run"
+    p = run_with_signal_at(5, 2, short(out, cache, **{"train.checkpoint_interval": 100}))
+    assert p.returncode == 143 and "second signal" in p.stderr, (p.returncode, p.stderr[-3000:])
+    assert checkpoint_steps(out) == []
+
+
+def test_sigint_from_outside_saves_and_exits_130(cache, tmp_path):
+    out = tmp_path / "run"
+    proc = background_run(short(out, cache, **{"train.max_duration": "2000ba", "train.checkpoint_interval": 1000}))
+    try:
+        wait_for(lambda: started(out, 3) or proc.poll() is not None, what="the run to train")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "KeyboardInterrupt" not in err, (proc.returncode, err[-3000:])
+    steps = checkpoint_steps(out)
+    assert len(steps) == 1 and 3 <= steps[0] < 2000 and f"step {steps[0]}" in err, (steps, err[-2000:])

@@ -57,7 +57,10 @@ def _show_fill_mask(folder: str, example: str):
         print(f"[fill-mask] skipped: {type(e).__name__}: {e}", flush=True)
 
 
-def main(argv=None) -> int:
+def main(argv=None, callbacks=()) -> int:
+    """Exit status: 0 done; 2 a user-fixable error (the message says the fix); 143 / 130 stopped by SIGTERM /
+    SIGINT after saving a checkpoint at the step boundary (continue with --resume; a second signal exits at once
+    with the same status, without a checkpoint)."""
     ns, recipe_path, overrides = parse_args(argv)
     try:
         recipe = load_recipe(recipe_path, overrides)
@@ -66,10 +69,15 @@ def main(argv=None) -> int:
             print(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
             return 0
         from .trainer import Trainer
-        summary = Trainer(recipe, resume=ns.resume, overwrite=ns.overwrite).fit()
+        summary = Trainer(recipe, resume=ns.resume, overwrite=ns.overwrite, callbacks=callbacks).fit()
     except MosaicBertError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted before training started: nothing to save", file=sys.stderr)
+        return 130
+    if summary.get("stopped_by"):
+        return summary["exit_code"]
     if recipe.train.fill_mask_example:
         _show_fill_mask(summary["output_dir"], recipe.train.fill_mask_example)
     return 0

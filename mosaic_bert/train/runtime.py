@@ -1,7 +1,12 @@
-"""The process a run lives in: Accelerate (devices, processes, precision, trackers), per-microbatch seeding, and
-printing from the main process only."""
+"""The process a run lives in: Accelerate (devices, processes, precision, trackers), per-microbatch seeding,
+printing from the main process only, and stopping cleanly on SIGTERM / SIGINT."""
 
 from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
 
 import torch
 
@@ -42,3 +47,41 @@ def main_process_printer(accelerator):
         if accelerator.is_main_process:
             print(*args, flush=True)
     return say
+
+
+class StopOnSignal:
+    """SIGTERM / SIGINT while training (``with StopOnSignal(): ...``): the first asks the loop to save a checkpoint
+    at the next step boundary and stop (the CLI then exits with 128 + the signal: 143 for SIGTERM, 130 for SIGINT);
+    a second one exits at once with that status, without a checkpoint. Handlers are restored on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum, self.previous = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            print(f"[pretrain] second signal ({name}): exiting now, without a checkpoint", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+        print(f"[pretrain] {name} received: saving a checkpoint at the end of this step, then stopping (send it "
+              f"again to exit at once)", file=sys.stderr, flush=True)
+
+    def requested(self, accelerator) -> bool:
+        """Whether any process got a signal (all processes agree, so they stop at the same step)."""
+        flag = self.signum is not None
+        if accelerator.num_processes > 1:
+            t = torch.tensor([float(flag)], device=accelerator.device)
+            flag = bool(accelerator.reduce(t, reduction="sum").item() > 0)
+        return flag

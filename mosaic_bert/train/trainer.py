@@ -9,6 +9,8 @@ number of processes with the same global batch) computes the same thing as a str
 from __future__ import annotations
 
 import contextlib
+import signal
+import sys
 import time
 
 import torch
@@ -24,7 +26,7 @@ from .metrics import Reporter, eval_message
 from .model import model_family
 from .optim import build_training_optimization
 from .runlock import lock_run
-from .runtime import build_accelerator, init_trackers, main_process_printer, resolve_precision, seed_microbatch
+from .runtime import StopOnSignal, build_accelerator, init_trackers, main_process_printer, resolve_precision, seed_microbatch
 from .state import TrainState
 
 
@@ -156,22 +158,40 @@ class Trainer:
     def _fit(self) -> dict:
         t, state = self.recipe.train, self.state
         due = lambda every: state.step % every == 0 or state.step == state.total_steps
-        if state.step == 0:
-            self.evaluate()
-        self.reporter.start(state.total_steps, state.step)
-        self.model.train()
-        for step, microbatches in self.loader:
-            lr = self.train_step(step, microbatches)
-            state.step = step + 1
-            self.reporter.step_done(state, lr, report=due(t.log_interval))
-            for verb, every in ((self.evaluate, t.eval_interval), (self.save, t.checkpoint_interval)):
-                if due(every):
-                    verb()
-                    self.reporter.window.restart_clock()
-            for cb in self.callbacks:
-                cb.on_step_end(self)
+        with StopOnSignal() as stop:
+            if state.step == 0:
+                self.evaluate()
+            self.reporter.start(state.total_steps, state.step)
+            self.model.train()
+            for step, microbatches in self.loader:
+                lr = self.train_step(step, microbatches)
+                state.step = step + 1
+                self.reporter.step_done(state, lr, report=due(t.log_interval))
+                for verb, every in ((self.evaluate, t.eval_interval), (self.save, t.checkpoint_interval)):
+                    if due(every):
+                        verb()
+                        self.reporter.window.restart_clock()
+                for cb in self.callbacks:
+                    cb.on_step_end(self)
+                if stop.requested(self.acc) and state.step < state.total_steps:
+                    return self.stop_early(stop.signum, saved=due(t.checkpoint_interval))
+            self.reporter.close()
+            return self.finish()
+
+    def stop_early(self, signum, saved: bool) -> dict:
+        """After SIGTERM/SIGINT: a checkpoint of this step (unless one was just written) and a summary that says
+        how to continue; the CLI exits with ``exit_code`` (128 + the signal)."""
+        if not saved:
+            self.save()
         self.reporter.close()
-        return self.finish()
+        self.acc.end_training()
+        ckpt = self.checkpoints.root / f"step_{self.state.step:07d}"
+        name = signal.Signals(signum).name if signum else "a signal (on another process)"
+        if self.acc.is_main_process:
+            print(f"[pretrain] stopped by {name} after step {self.state.step} of {self.state.total_steps}; checkpoint "
+                  f"{ckpt}. Continue with the same command plus --resume.", file=sys.stderr, flush=True)
+        return {"stopped_by": name, "exit_code": 128 + int(signum or signal.SIGTERM), "steps": self.state.step,
+                "checkpoint": str(ckpt), "output_dir": str(self.checkpoints.out_dir)}
 
     def finish(self) -> dict:
         """Export the HF folder (weights, remote code, tokenizer, model card) and return the run's summary."""
