@@ -179,3 +179,34 @@ def test_sigint_from_outside_saves_and_exits_130(cache, tmp_path):
     assert proc.returncode == 130 and "KeyboardInterrupt" not in err, (proc.returncode, err[-3000:])
     steps = checkpoint_steps(out)
     assert len(steps) == 1 and 3 <= steps[0] < 2000 and f"step {steps[0]}" in err, (steps, err[-2000:])
+
+
+# ------------------------------------------------------------------------------------------------ 7. disk full
+DISK_FULL_AT = """
+import errno, sys
+import mosaic_bert.train.safe_state as safe_state
+from mosaic_bert.train.cli import main
+
+real, calls = safe_state.save_file, []
+
+def full_disk(tensors, path, *a, **k):   # the second checkpoint's optimizer file: half written, then ENOSPC
+    calls.append(path)
+    if len(calls) == 2:
+        open(path, "wb").write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+    return real(tensors, path, *a, **k)
+
+safe_state.save_file = full_disk
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_disk_full_while_saving_says_so_and_keeps_the_previous_checkpoint(cache, tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-c", DISK_FULL_AT] + short(out, cache), cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, (p.returncode, p.stderr[-3000:])
+    assert "disk is full" in p.stderr and str(out / "checkpoints") in p.stderr and "step_0000004" in p.stderr
+    assert checkpoint_steps(out) == [4] and not list((out / "checkpoints").glob(".tmp*"))
+    run(short(out, cache), resume="latest")             # the previous checkpoint is intact: the run continues from it
+    assert [s for s, _ in losses(out)[0]] == list(range(1, 9))

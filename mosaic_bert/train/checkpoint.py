@@ -5,6 +5,7 @@ recipe's fingerprint differs."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..errors import ResumeError
+from ..errors import CheckpointError, ResumeError
 from .safe_state import STATE_FILES, check_checkpoint_files, load_training_state, save_training_state
 
 STATE_FILE = "trainer_state.json"
@@ -120,20 +121,50 @@ class CheckpointManager:
         return aside
 
     def save(self, step: int, recipe, trainer_state: dict) -> Path:
-        """Write ``step_XXXXXXX`` (main process) atomically: into a temp folder, renamed when complete."""
-        acc = self.accelerator
+        """Write ``step_XXXXXXX`` (main process) atomically: into a temp folder, renamed when complete. A failed
+        write (e.g. a full disk) removes the temp folder and raises a CheckpointError on every process."""
+        from .runtime import raise_on_every_process
+        acc, error = self.accelerator, None
         final = self.root / f"step_{step:07d}"
         if acc.is_main_process:
             state = {**trainer_state, "step": step, "fingerprint": recipe.fingerprint(), "world_size": acc.num_processes}
-            tmp = self.root / f".tmp-step_{step:07d}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            self._write(tmp, recipe, state)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            self._prune()
+            try:
+                self._save_main(final, recipe, state)
+            except CheckpointError as e:
+                error = e
+        raise_on_every_process(acc, error)
         acc.wait_for_everyone()
         return final
+
+    def _save_main(self, final: Path, recipe, state: dict):
+        tmp = final.with_name(".tmp-" + final.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tmp.mkdir(parents=True)
+            self._write(tmp, recipe, state)
+        except Exception as e:   # OSError, or the writers' own errors wrapping one (e.g. safetensors)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise self._write_error(tmp, e) from None
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        self._prune()
+
+    def _write_error(self, tmp: Path, e: Exception) -> CheckpointError:
+        """A clear error for a failed checkpoint write (the partial folder is already removed)."""
+        previous = self.checkpoints()
+        kept = f"The previous checkpoint {previous[-1]} is intact" if previous else "No earlier checkpoint exists"
+        try:
+            usage = shutil.disk_usage(self.root)
+            free = f"{usage.free / 2**20:,.0f} MiB free of {usage.total / 2**30:,.1f} GiB"
+        except OSError:
+            free = "free space unknown"
+        if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) or "os error 28" in str(e):
+            return CheckpointError(f"Cannot write checkpoint {tmp.name[5:]} to {self.root}: the disk is full ({free}); "
+                                   f"the partial folder was removed. {kept}. Free space on that disk (or set "
+                                   f"train.output_dir to another disk), then run again with --resume.")
+        return CheckpointError(f"Cannot write checkpoint {tmp.name[5:]} to {self.root}: {type(e).__name__}: {e} "
+                               f"({free}); the partial folder was removed. {kept}. Fix the cause, then run again "
+                               f"with --resume.")
 
     def _write(self, folder: Path, recipe, state: dict):
         model, optimizer, scheduler = self.tracked

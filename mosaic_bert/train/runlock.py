@@ -49,15 +49,12 @@ class RunLock:
 
 def lock_run(out_dir, accelerator):
     """The main process locks ``out_dir``; every process raises the same RunLockedError when it is taken."""
+    from .runtime import raise_on_every_process
     error, lock = None, None
     if accelerator.is_main_process:
         try:
             lock = RunLock(out_dir).acquire()
         except RunLockedError as e:
-            error = str(e)
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-        error = broadcast_object_list([error])[0]
-    if error:
-        raise RunLockedError(error)
+            error = e
+    raise_on_every_process(accelerator, error)
     return lock

@@ -7,9 +7,11 @@ import os
 import signal
 import sys
 import threading
+from typing import Optional
 
 import torch
 
+from .. import errors
 from .metrics import resolve_trackers
 
 
@@ -85,3 +87,14 @@ class StopOnSignal:
             t = torch.tensor([float(flag)], device=accelerator.device)
             flag = bool(accelerator.reduce(t, reduction="sum").item() > 0)
         return flag
+
+
+def raise_on_every_process(accelerator, error: Optional[Exception]):
+    """Raise ``error`` (found by the main process, e.g. the folder is locked or the disk is full) on every process,
+    so that none waits forever for the others."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+        sent = broadcast_object_list([(type(error).__name__, str(error)) if error is not None else None])[0]
+        error = getattr(errors, sent[0], errors.MosaicBertError)(sent[1]) if sent else None
+    if error is not None:
+        raise error
