@@ -27,6 +27,38 @@ def _data_description(d: dict) -> str:
     return ", ".join(f"`{os.path.basename(str(f))}`" for f in files)
 
 
+def _local_path(v: str) -> bool:
+    return os.path.isabs(v) or v.startswith("~") or (os.sep in v and os.path.exists(v))
+
+
+def public_recipe(recipe) -> dict:
+    """The recipe as published (recipe.json, model card): paths of this machine reduced to their file or folder
+    name, no cache folder. The checkpoints keep the full recipe (needed to resume)."""
+    def scrub(v):
+        if isinstance(v, dict):
+            return {k: scrub(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [scrub(x) for x in v]
+        return os.path.basename(os.path.normpath(v)) if isinstance(v, str) and _local_path(v) else v
+    d = scrub(recipe.to_dict())
+    d["data"]["cache_dir"] = None
+    return d
+
+
+def check_no_local_paths(folder, files: list[Path]) -> None:
+    """Refuse to publish text files that name this machine's paths (the folder's own, or the home folder)."""
+    folder = Path(folder).resolve()
+    needles = [str(folder.parent), str(Path.home())]
+    for f in files:
+        if f.suffix not in (".json", ".jsonl", ".md", ".txt", ".yaml"):
+            continue
+        text = f.read_text(errors="replace")
+        found = [n for n in needles if len(n) > 1 and n in text]
+        if found:
+            raise ExportError(f"{f.name} names a local path ({found[0]}): it would be published. Remove the path "
+                              f"from {f} (recipe.json: keep file names only), then publish again.")
+
+
 def _card_head(name: str, m: dict, summary: dict) -> list[str]:
     family = model_family(m["family"])
     load = ", trust_remote_code=True)" if family.remote_code else ")"
@@ -81,7 +113,7 @@ def _card_results(summary: dict) -> list[str]:
 
 def write_model_card(out_dir, recipe, summary: dict, records: list[dict]) -> Path:
     """``README.md`` of a pretrained folder: usage, model, data, recipe and held-out results."""
-    r = recipe.to_dict()
+    r = public_recipe(recipe)
     lines = (_card_head(recipe.name, r["model"], summary) + _card_data(r["data"], r["tokenizer"], summary) +
              _card_recipe(r["train"], summary, records) + _card_results(summary))
     path = Path(out_dir) / "README.md"
@@ -103,7 +135,7 @@ def export_run(out_dir, model, tokenizer, recipe, summary: dict, records: list[d
     out_dir = Path(out_dir)
     model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
-    (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1, default=str))
+    (out_dir / "recipe.json").write_text(json.dumps(public_recipe(recipe), indent=1, default=str))
     plot_curve(records, out_dir / "loss_curve.png", f"{recipe.name}: {recipe.model.family} BERT MLM pretraining")
     write_model_card(out_dir, recipe, summary, records)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
@@ -140,6 +172,7 @@ def push_folder(folder, repo_id: str | None = None, revision: str | None = None,
     """Upload ``folder`` (minus checkpoints and logs) to the Hub, or copy it to ``local_target``."""
     check_publishable(folder)
     files = files_to_publish(folder)
+    check_no_local_paths(folder, files)
     if local_target:
         dest = Path(local_target)
         if revision:

@@ -54,3 +54,34 @@ def test_push_to_local_target(tmp_path):
 def test_push_refuses_non_model_folder(tmp_path):
     with pytest.raises(ExportError, match="not a model folder"):
         push_folder(tmp_path, "me/x", local_target=str(tmp_path / "o"))
+
+
+def test_exported_files_hold_no_local_paths(tmp_path):
+    """recipe.json and the model card of a finished folder are published: no absolute path of this machine in them
+    (data files by name, no cache folder, the output folder by name)."""
+    from mosaic_bert.train.export import export_run
+
+    class Saves:
+        def save_pretrained(self, folder, **kw):
+            (Path(folder) / "config.json").write_text("{}")
+
+    home_data = Path.home() / "corpora" / "mine.txt"
+    r = load_recipe(None, [f"data.train_files=[{tmp_path / 'a.txt'}, {home_data}]", f"data.valid_files={tmp_path}/v.txt",
+                           f"data.cache_dir={tmp_path / 'cache'}", f"train.output_dir={tmp_path / 'out'}",
+                           f"tokenizer.name_or_path={tmp_path / 'tok'}"])
+    out = tmp_path / "out"
+    out.mkdir()
+    export_run(out, Saves(), Saves(), r, {"steps": 1, "data": {}}, [])
+    for f in ("recipe.json", "README.md"):
+        text = (out / f).read_text()
+        assert str(tmp_path) not in text and str(Path.home()) not in text, (f, text[:3000])
+    rec = json.loads((out / "recipe.json").read_text())
+    assert rec["data"]["train_files"] == ["a.txt", "mine.txt"] and rec["data"]["cache_dir"] is None
+    assert rec["train"]["output_dir"] == "out" and rec["tokenizer"]["name_or_path"] == "tok"
+
+
+def test_push_refuses_files_with_local_paths(tmp_path):
+    out = fake_run_folder(tmp_path)
+    (out / "recipe.json").write_text(json.dumps({"data": {"train_files": str(tmp_path / "secret" / "corpus.txt")}}))
+    with pytest.raises(ExportError, match="recipe.json.*local path"):
+        push_folder(out, "me/model", local_target=str(tmp_path / "export"))
