@@ -25,14 +25,45 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark as bm  # noqa: E402
 
 VARIANTS = {
-    # name: (input layout, torch.compile mode, inductor config overrides)
-    "cpu-layout": ("cpu", None, {}),
-    "bucketed": ("bucketed", None, {}),
-    "bucketed-cg": ("bucketed", "reduce-overhead", {}),
-    "bucketed-autotune": ("bucketed", "max-autotune-no-cudagraphs", {}),
-    "bucketed-cg-autotune": ("bucketed", "max-autotune", {}),
-    "bucketed-cd": ("bucketed", None, {"coordinate_descent_tuning": True}),
+    # name: (input layout, torch.compile mode, inductor config overrides, patch)
+    "cpu-layout": ("cpu", None, {}, None),
+    "bucketed": ("bucketed", None, {}, None),
+    "bucketed-cg": ("bucketed", "reduce-overhead", {}, None),
+    "bucketed-autotune": ("bucketed", "max-autotune-no-cudagraphs", {}, None),
+    "bucketed-cg-autotune": ("bucketed", "max-autotune", {}, None),
+    "bucketed-cd": ("bucketed", None, {"coordinate_descent_tuning": True}, None),
+    # A/B of single changes, same process: the GeGLU as the plain expression Inductor fuses (before the op), and
+    # the attention backward as the two-kernel version (before the fused short-sequence kernel)
+    "bucketed-old-geglu": ("bucketed", None, {}, "old-geglu"),
+    "bucketed-no-fused-bwd": ("bucketed", None, {}, "no-fused-bwd"),
 }
+
+
+class _Patch:
+    """Undo-able switch of one change for an A/B row."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        from mosaic_bert.modeling import flash_attn_triton as fa
+        from mosaic_bert.modeling import modeling_bert as mb
+
+        self.saved = (mb.geglu_dropout, fa._FUSED_BWD_MAX_SEQLEN)
+        if self.name == "old-geglu":
+            def plain(gate_up, p):
+                a, b = gate_up.split(gate_up.shape[-1] // 2, dim=-1)
+                return torch.nn.functional.dropout(torch.nn.functional.gelu(a) * b, p, True)
+            mb.geglu_dropout = plain
+        elif self.name == "no-fused-bwd":
+            fa._FUSED_BWD_MAX_SEQLEN = 0
+        return self
+
+    def __exit__(self, *exc):
+        from mosaic_bert.modeling import flash_attn_triton as fa
+        from mosaic_bert.modeling import modeling_bert as mb
+
+        mb.geglu_dropout, fa._FUSED_BWD_MAX_SEQLEN = self.saved
 CASES = {"train": bm.Case("train", 256, 128, 0.25), "infer": bm.Case("infer", 512, 128, 0.25)}
 
 
@@ -100,9 +131,15 @@ def inputs_for(layout: str, cpu_batches: list[dict], device: str) -> list[dict]:
 
 
 def run_variant(case, name, cpu_batches, args) -> dict:
-    layout, mode, inductor = VARIANTS[name]
+    layout, mode, inductor, patch = VARIANTS[name]
+    with _Patch(patch):
+        return _run_variant(case, name, cpu_batches, args, layout, mode, inductor)
+
+
+def _run_variant(case, name, cpu_batches, args, layout, mode, inductor) -> dict:
     row = dict(case=case.name, variant=name, mode=mode, inductor=inductor)
     torch._dynamo.reset()
+    bm._graph_breaks(clear=True)
     bm._free("cuda")
     batches = inputs_for(layout, cpu_batches, "cuda")
     row["token_buckets"] = sorted({int(b["indices"].shape[0]) for b in batches})
@@ -133,7 +170,7 @@ def run_variant(case, name, cpu_batches, args) -> dict:
         real = sum(float(cpu_batches[i % len(batches)]["attention_mask"].sum()) for i in range(args.steps)) / args.steps
         med = statistics.median(secs)
         row.update(step_ms=med * 1e3, min_step_ms=min(secs) * 1e3, tokens_per_s=real / med,
-                   graph_breaks=bm._graph_breaks())
+                   graph_breaks=bm._graph_breaks(), peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30)
         if args.profile and name in args.profile_variants.split(","):
             from torch.profiler import ProfilerActivity, profile
 

@@ -66,6 +66,9 @@ __all__ = [
 ]
 
 _LOG2E = 1.4426950408889634
+# Self-attention backward with every sequence at most this long runs as one
+# fused kernel (dQ, dK, dV and delta in one pass); 0 switches it off.
+_FUSED_BWD_MAX_SEQLEN = int(os.environ.get("MOSAIC_FA_FUSED_BWD_MAX", "128"))
 
 # Tests set this to True: outputs are then pre-filled with NaN instead of left
 # uninitialised, so that an unwritten element shows up.
@@ -106,6 +109,7 @@ if HAS_TRITON:
         _FWD_CONFIGS = _cfgs([(16, 16, 4, 1)])
         _BWD_KV_CONFIGS = _cfgs([(16, 16, 4, 1)])
         _BWD_Q_CONFIGS = _cfgs([(16, 16, 4, 1)])
+        _BWD_FUSED_CONFIGS = [triton.Config({"BLOCK_M": 16}, num_warps=4, num_stages=1)]
     else:
         # (BLOCK_M, BLOCK_N, num_warps, num_stages), chosen for Hopper (H100).
         # The first entry of each list is the default used when autotuning is
@@ -130,7 +134,12 @@ if HAS_TRITON:
             (128, 32, 4, 3),
             (64, 32, 4, 2),
         ])
+        # fused short-sequence backward: BLOCK_N (all keys) comes from the
+        # caller; BLOCK_M queries stream
+        _BWD_FUSED_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=st)
+                              for (m, w, st) in ((64, 4, 2), (64, 8, 2), (32, 4, 2), (128, 8, 2))]
         if os.environ.get("MOSAIC_FA_TUNE", "1") == "0":
+            _BWD_FUSED_CONFIGS = _BWD_FUSED_CONFIGS[:1]
             _FWD_CONFIGS = _FWD_CONFIGS[:1]
             _BWD_KV_CONFIGS = _BWD_KV_CONFIGS[:1]
             _BWD_Q_CONFIGS = _BWD_Q_CONFIGS[:1]
@@ -499,6 +508,87 @@ if HAS_TRITON:
                  + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=qmask)
 
 
+    @triton.autotune(configs=_BWD_FUSED_CONFIGS, key=_KEY)
+    @triton.jit
+    def _bwd_fused_kernel(Q, K, V, O, DO, DQ, DK, DV, LSE, SLOPES, CU,
+                          stride_qt, stride_qh, stride_kt, stride_kh,
+                          stride_vt, stride_vh, stride_ot, stride_oh,
+                          stride_dot, stride_doh, stride_dqt, stride_dqh,
+                          stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+                          stride_lse_h, stride_slope_b,
+                          nheads, qk_scale, sm_scale, seq_bucket,
+                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                          CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                          INTERPRET: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        # Short self-attention sequences (every length <= BLOCK_N, non-causal):
+        # one program per (sequence, head) holds all keys, streams the queries
+        # in BLOCK_M chunks and writes dQ (complete: every key is here), dK and
+        # dV; delta = rowsum(dO * O) is computed in place (no pre-pass).
+        pid_bh = tl.program_id(0)
+        b = pid_bh // nheads
+        h = pid_bh % nheads
+        start = tl.load(CU + b)
+        seqlen = tl.load(CU + b + 1) - start
+        if seqlen <= 0:
+            return
+        start64 = start.to(tl.int64)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        kmask = offs_n[:, None] < seqlen
+        if BLOCK_D != HEAD_DIM:
+            kmask = kmask & (offs_d[None, :] < HEAD_DIM)
+        k = tl.load(K + h * stride_kh + (start64 + offs_n[:, None]) * stride_kt
+                    + offs_d[None, :], mask=kmask, other=0.0)
+        v = tl.load(V + h * stride_vh + (start64 + offs_n[:, None]) * stride_vt
+                    + offs_d[None, :], mask=kmask, other=0.0)
+        if INTERPRET:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        if HAS_ALIBI:
+            slope = tl.load(SLOPES + b * stride_slope_b + h).to(tl.float32) * 1.4426950408889634
+        else:
+            slope = 0.0
+        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        hi = seqlen
+        if INTERPRET:
+            hi = _as_0d(hi)
+        for start_m in range(0, hi, BLOCK_M):
+            rows = start_m + offs_m
+            rmask = rows < seqlen
+            qmask = rmask[:, None]
+            if BLOCK_D != HEAD_DIM:
+                qmask = qmask & (offs_d[None, :] < HEAD_DIM)
+            t = start64 + rows[:, None]
+            q = tl.load(Q + h * stride_qh + t * stride_qt + offs_d[None, :], mask=qmask, other=0.0)
+            do = tl.load(DO + h * stride_doh + t * stride_dot + offs_d[None, :], mask=qmask, other=0.0)
+            o = tl.load(O + h * stride_oh + t * stride_ot + offs_d[None, :], mask=qmask, other=0.0)
+            lse = tl.load(LSE + h * stride_lse_h + start + rows, mask=rmask, other=float("inf"))
+            delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+            if INTERPRET:
+                q = q.to(tl.float32)
+                do = do.to(tl.float32)
+            s = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_M, BLOCK_N]
+            if HAS_ALIBI:
+                s = s - slope * tl.abs(rows[:, None] - offs_n[None, :]).to(tl.float32)
+            p = tl.exp2(s - lse[:, None])
+            p = tl.where(offs_n[None, :] < seqlen, p, 0.0)
+            dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv)
+            dp = tl.dot(do, tl.trans(v))
+            ds = p * (dp - delta[:, None])
+            dq = tl.dot(ds.to(k.dtype), k) * sm_scale
+            tl.store(DQ + h * stride_dqh + t * stride_dqt + offs_d[None, :],
+                     dq.to(DQ.dtype.element_ty), mask=qmask)
+            dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk)
+        dk = dk * sm_scale
+        tl.store(DK + h * stride_dkh + (start64 + offs_n[:, None]) * stride_dkt
+                 + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kmask)
+        tl.store(DV + h * stride_dvh + (start64 + offs_n[:, None]) * stride_dvt
+                 + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kmask)
+
+
 # ----------------------------------------------------------------------
 # host side
 # ----------------------------------------------------------------------
@@ -633,6 +723,21 @@ def _bwd(do, q, k, v, out, lse, cu_q, cu_k, max_seqlen_q, max_seqlen_k, sm_scale
     # visit, get zero gradient: the dK/dV kernel writes every key row whose
     # sequence has seqlen_k > 0, so only needs zeroing when some seqlen_q == 0
     # (its loop then simply does not run and writes zeros).  Nothing to do.
+    if (not causal and cu_q is cu_k and max_seqlen_q == max_seqlen_k
+            and 0 < max_seqlen_q <= _FUSED_BWD_MAX_SEQLEN):
+        block_n = max(16, triton.next_power_of_2(max_seqlen_q))
+        _bwd_fused_kernel[(batch * nheads,)](
+            q, k, v, out, do, dq, dk, dv, lse, slopes if has_alibi else q, cu_q,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+            v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+            do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
+            dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+            lse.stride(0), stride_slope_b,
+            nheads, sm_scale * _LOG2E, sm_scale, _seq_bucket(max_seqlen_q),
+            HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=False, HAS_ALIBI=has_alibi,
+            INTERPRET=_interpreting(), BLOCK_N=block_n,
+        )
+        return
     delta = _empty((nheads, total_q), q, torch.float32)
     pre_block = 64
     _bwd_preprocess[(triton.cdiv(total_q, pre_block), nheads)](

@@ -197,6 +197,34 @@ def test_interp_fp16_causal(D, alibi):
 
 
 @interp
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_interp_fused_short_backward_matches_two_kernel_backward(dtype):
+    """Self-attention with every length <= 128 takes the fused backward (dQ, dK, dV, delta in one kernel); it
+    matches the two-kernel backward and float64 (the suite above covers it through the op as well)."""
+    mod = fa()
+    lens = [5, 0, 33, 1, 18]
+    cu = make_cu(lens, "cpu")
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(sum(lens), 3, 3, 32, generator=g).to(dtype).requires_grad_(True)
+    slopes = torch.tensor([0.5, 0.25, 0.125])
+    dout = torch.randn(sum(lens), 3, 32, generator=g).to(dtype)
+    grads = []
+    for limit in (128, 0):
+        old = mod._FUSED_BWD_MAX_SEQLEN
+        mod._FUSED_BWD_MAX_SEQLEN = limit
+        try:
+            mod.varlen_attention(qkv, cu, 40, slopes).backward(dout)
+        finally:
+            mod._FUSED_BWD_MAX_SEQLEN = old
+        grads.append(qkv.grad.clone())
+        qkv.grad = None
+    q64 = qkv.detach().double().requires_grad_(True)
+    mod.reference_attn_fwd(q64, cu, 40, slopes.double(), 32 ** -0.5)[0].backward(dout.double())
+    assert relerr(grads[0], q64.grad) < 1e-2
+    assert relerr(grads[0], grads[1]) < 1e-3
+
+
+@interp
 def test_interp_no_alibi_and_batch_slopes():
     run_case(LENS, D=64, alibi=None, seed=1)
     run_case(LENS, D=32, alibi="batch", seed=2)
