@@ -32,3 +32,8 @@ class RunLockedError(ResumeError):
 
 class CheckpointError(MosaicBertError):
     """A checkpoint cannot be written (e.g. the disk is full); the previous one is intact."""
+
+
+class ModelLoadError(MosaicBertError):
+    """A model or tokenizer to fine-tune cannot be found or loaded (missing folder, unknown Hub id, remote code not
+    allowed)."""

@@ -11,13 +11,17 @@ import argparse
 import logging
 import sys
 
+from mosaic_bert.errors import MosaicBertError
 from mosaic_bert.glue.finetune import run_glue
 from mosaic_bert.glue.tasks import TASKS
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="checkpoint folder or Hub id (loaded with trust_remote_code)")
+    p.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    p.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the model's own code (default: yes for a local folder that ships it, e.g. a "
+                        "pretraining output folder; no for a Hub id: review its code, then pass this flag)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder or Hub id (default: --model)")
     p.add_argument("--tasks", default="all", help=f"'all' or a comma list of {','.join(TASKS)}")
     p.add_argument("--data-dir", default="hub",
@@ -47,17 +51,21 @@ def main(argv=None):
             seeds = [int(s) for s in a.seeds.split(",") if s]
         else:
             num_seeds = int(a.seeds)
-    res = run_glue(
-        a.model, a.tasks, a.data_dir, a.output_dir, tokenizer=a.tokenizer, seeds=seeds,
-        num_seeds=num_seeds, epochs=a.epochs, max_train_samples=a.max_train_samples,
-        max_eval_samples=a.max_eval_samples, mnli_checkpoint=a.mnli_checkpoint,
-        bf16=False if a.no_bf16 else None, max_length=a.max_length,
-        max_grad_norm=a.max_grad_norm, resume=not a.no_resume, torch_compile=a.torch_compile,
-    )
+    try:
+        res = run_glue(
+            a.model, a.tasks, a.data_dir, a.output_dir, tokenizer=a.tokenizer, seeds=seeds,
+            num_seeds=num_seeds, epochs=a.epochs, max_train_samples=a.max_train_samples,
+            max_eval_samples=a.max_eval_samples, mnli_checkpoint=a.mnli_checkpoint,
+            bf16=False if a.no_bf16 else None, max_length=a.max_length, max_grad_norm=a.max_grad_norm,
+            resume=not a.no_resume, torch_compile=a.torch_compile, trust_remote_code=a.trust_remote_code,
+        )
+    except MosaicBertError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     g = res["glue"]
     print(f"GLUE ({'all 8' if g['complete'] else ', '.join(g['tasks'])}): {g['score']:.2f}  "
           f"-> {a.output_dir}/results.md")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

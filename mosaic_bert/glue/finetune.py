@@ -1,8 +1,9 @@
 """GLUE fine-tuning with the MosaicBERT paper's recipe, on ``transformers.Trainer``.
 
 ``run_glue(model, tasks, data_dir, output_dir)`` fine-tunes and evaluates any model that loads
-with ``AutoModelForSequenceClassification.from_pretrained(..., trust_remote_code=True)`` (our
-checkpoints and stock Hugging Face BERTs alike) and writes ``results.json`` and ``results.md``.
+with ``AutoModelForSequenceClassification.from_pretrained`` (our checkpoints and stock Hugging Face
+BERTs alike) and writes ``results.json`` and ``results.md``. A model's own code (remote code) runs
+for a local folder that ships it; for a Hub id only with ``trust_remote_code=True``.
 
 Recipe (every number in ``mosaic_bert.glue.tasks.TASKS``): pretraining's decoupled AdamW
 (``mosaic_bert.train.optim``), linear warmup then linear decay to 0, max length 256, dynamic
@@ -26,7 +27,7 @@ from typing import Sequence
 import torch
 from transformers import TrainerCallback
 
-from ..errors import GlueDataError
+from ..errors import GlueDataError, ModelLoadError
 from ..train.optim import build_optimizer, build_scheduler
 from .tasks import (
     MAX_SEQ_LENGTH,
@@ -81,13 +82,61 @@ def _reinit_classifier(model) -> list[str]:
     return names
 
 
-def load_model(path: str, task: GlueTask, fresh_classifier: bool = False):
+def ships_remote_code(folder: str) -> bool:
+    """A local model folder whose config.json maps its classes to code files the folder holds (``auto_map``), as
+    the folders our pretraining exports do."""
+    try:
+        with open(os.path.join(folder, "config.json")) as fh:
+            auto_map = json.load(fh).get("auto_map") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    refs = [v for v in auto_map.values() if isinstance(v, str)]
+    return bool(refs) and all(os.path.isfile(os.path.join(folder, r.split("--")[-1].split(".")[0] + ".py"))
+                              for r in refs)
+
+
+def resolve_trust_remote_code(model: str, trust_remote_code: bool | None) -> bool:
+    """``None`` (the default): run a model's own code only for a local folder that ships it; for a Hub id only
+    when asked for explicitly (``--trust-remote-code``)."""
+    if trust_remote_code is not None:
+        return bool(trust_remote_code)
+    return os.path.isdir(model) and ships_remote_code(model)
+
+
+def check_model_source(model: str, what: str = "--model") -> None:
+    """A model that names a local folder must be one; anything else is tried as a Hub id when loaded."""
+    if os.path.isdir(model):
+        if not os.path.isfile(os.path.join(model, "config.json")):
+            raise ModelLoadError(f"{what} {model}: the folder has no config.json. Pass the output folder of a finished "
+                                 f"pretraining run, or a Hub id.")
+        return
+    first = model.split("/")[0]
+    if model.startswith(("/", ".", "~")) or model.count("/") > 1 or (first != model and os.path.isdir(first)):
+        raise ModelLoadError(f"{what} {model}: no such folder. Check the path (the output_dir of a finished "
+                             f"pretraining run), or pass a Hub id such as bert-base-uncased.")
+
+
+def _from_pretrained(loader, path: str, **kwargs):
+    """``loader.from_pretrained`` with its library errors turned into a ModelLoadError that says what to do."""
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise ModelLoadError(f"Cannot load {path}: not a local model folder, and not loadable from the Hub "
+                             f"({str(e).splitlines()[0][:200]}). Check --model / --tokenizer.") from None
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise ModelLoadError(f"{path} ships its own model code, which runs only when allowed: review it, then pass "
+                             f"--trust-remote-code.") from None
+
+
+def load_model(path: str, task: GlueTask, fresh_classifier: bool = False, trust_remote_code: bool | None = None):
     from transformers import AutoModelForSequenceClassification
 
     kwargs = dict(
         num_labels=task.num_labels,
         problem_type=task.problem_type,  # explicit: an MNLI checkpoint says single_label
-        trust_remote_code=True,
+        trust_remote_code=resolve_trust_remote_code(path, trust_remote_code),
         dtype=torch.float32,  # master weights in fp32 even if the checkpoint is stored in 16 bit
     )
     if task.labels is not None:
@@ -96,9 +145,7 @@ def load_model(path: str, task: GlueTask, fresh_classifier: bool = False):
     else:
         kwargs["id2label"] = {0: "score"}
         kwargs["label2id"] = {"score": 0}
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, ignore_mismatched_sizes=True, **kwargs
-    )
+    model = _from_pretrained(AutoModelForSequenceClassification, path, ignore_mismatched_sizes=True, **kwargs)
     if fresh_classifier:
         names = _reinit_classifier(model)
         logger.info("%s: re-initialised the classifier (%s) on top of %s", task.name, ", ".join(names), path)
@@ -196,13 +243,14 @@ def finetune(
     logging_steps: int = 50,
     max_grad_norm: float = 0.0,
     torch_compile: bool = False,
+    trust_remote_code: bool | None = None,
 ) -> dict:
     """Fine-tune one seed; returns {"epochs": [{"epoch", "metrics"}...], "train_time_s", ...}."""
     from transformers import DataCollatorWithPadding, Trainer, set_seed
 
     epochs = epochs or task.epochs
     set_seed(seed)
-    model = load_model(model_path, task, fresh_classifier=fresh_classifier)
+    model = load_model(model_path, task, fresh_classifier=fresh_classifier, trust_remote_code=trust_remote_code)
     train_tok = _tokenize(train_ds, tokenizer, max_length)
     eval_tok = {k: _tokenize(v, tokenizer, max_length) for k, v in eval_sets.items()}
     if bf16 is None:
@@ -257,18 +305,20 @@ def run_glue(
     max_grad_norm: float = 0.0,
     resume: bool = True,
     torch_compile: bool = False,
+    trust_remote_code: bool | None = None,
 ) -> dict:
     """Fine-tune ``model`` on ``tasks`` and write ``results.json`` / ``results.md`` to ``output_dir``.
 
     ``seeds`` replaces every task's seed list, ``num_seeds`` truncates it, ``epochs`` overrides
     every task's epoch count (each override is recorded in the results). With ``resume``, tasks
-    already in ``output_dir/results.json`` for the same model are kept and not run again."""
+    already in ``output_dir/results.json`` for the same model are kept and not run again. ``trust_remote_code``:
+    None runs a model's own code only for a local folder that ships it (ours); True/False decide for every model."""
     from transformers import AutoTokenizer
 
     names = resolve_tasks(tasks)
-    check_data_available(names, data_dir)
+    check_inputs(names, model, tokenizer, data_dir, epochs)
     os.makedirs(output_dir, exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(tokenizer or model, use_fast=True)
+    tok = _from_pretrained(AutoTokenizer, tokenizer or model, use_fast=True)
     if not getattr(tok, "is_fast", False):
         logger.warning("tokenizer %s is not a fast tokenizer", tokenizer or model)
     overrides = dict(seeds=list(seeds) if seeds else None, num_seeds=num_seeds, epochs=epochs,
@@ -286,7 +336,7 @@ def run_glue(
     settings = dict(seeds=seeds, num_seeds=num_seeds, epochs=epochs, max_train_samples=max_train_samples,
                     max_eval_samples=max_eval_samples, bf16=bf16, max_length=max_length,
                     max_grad_norm=max_grad_norm, keep_mnli_checkpoint=keep_mnli_checkpoint,
-                    torch_compile=torch_compile)
+                    torch_compile=torch_compile, trust_remote_code=trust_remote_code)
     for name in names:
         if name in results["tasks"]:
             logger.info("=== %s: already in %s, skipped", name, os.path.join(output_dir, "results.json"))
@@ -295,6 +345,13 @@ def run_glue(
         mnli_ckpt = saved or mnli_ckpt
         _write_results(results, output_dir)  # after every task, so partial runs leave results
     return results
+
+
+def check_inputs(names: list[str], model: str, tokenizer: str | None, data_dir: str, epochs: int | None) -> None:
+    """Everything a run needs, checked before any training: the data files, the model and tokenizer, the epochs."""
+    check_data_available(names, data_dir)
+    check_model_source(model)
+    check_model_source(tokenizer or model, "--tokenizer" if tokenizer else "--model")
 
 
 def _finished_tasks(output_dir: str, model: str, overrides: dict, resume: bool) -> dict:
@@ -355,6 +412,7 @@ def _run_task(task: GlueTask, model: str, mnli_ckpt, data_dir: str, output_dir: 
             {k: _subset(v, s["max_eval_samples"], 0) for k, v in evals.items()}, tok, work, seed,
             epochs=s["epochs"], fresh_classifier=start != model, save_model_to=save_to, bf16=s["bf16"],
             max_length=s["max_length"], max_grad_norm=s["max_grad_norm"], torch_compile=s["torch_compile"],
+            trust_remote_code=s["trust_remote_code"],
         ))
         shutil.rmtree(work, ignore_errors=True)
     entry = {

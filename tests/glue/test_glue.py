@@ -317,3 +317,27 @@ def test_optimizer_and_schedule():
     assert lrs[0] == 0.0 and lrs[3] == pytest.approx(0.5) and lrs[6] == pytest.approx(1.0)  # linear warmup
     assert all(a >= b for a, b in zip(lrs[6:], lrs[7:]))  # then linear decay ...
     assert lrs[-1] == pytest.approx(1 / 94) and opt.param_groups[0]["lr"] == 0.0  # ... to 0
+
+
+def test_trust_remote_code_is_a_choice(tiny_model, monkeypatch):
+    """Remote code runs for a local folder that ships it (ours), never for a Hub id unless asked for."""
+    from transformers import AutoModelForSequenceClassification
+
+    from mosaic_bert.glue.finetune import load_model
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(path, **kw):
+        seen.append((path, kw.get("trust_remote_code")))
+        raise Stop
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", capture)
+    ships_code = "auto_map" in json.load(open(os.path.join(tiny_model, "config.json")))
+    for args, want in (((tiny_model,), ships_code), (("some-org/some-bert",), False),
+                       (("some-org/some-bert", True), True), ((tiny_model, False), False)):
+        with pytest.raises(Stop):
+            load_model(args[0], TASKS["rte"], trust_remote_code=args[1] if len(args) > 1 else None)
+        assert seen[-1] == (args[0], want), (args, seen[-1])
