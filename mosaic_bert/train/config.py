@@ -129,9 +129,8 @@ def _coerce(cls, key: str, value: Any, where: str):
     if value is None or default is None:
         return value
     if isinstance(default, bool):
-        if isinstance(value, str):
-            return value.lower() in ("1", "true", "yes", "on")
-        return bool(value)
+        words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+        return words.get(value.lower(), value) if isinstance(value, str) else value
     if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, (int, float)):
         return int(value) if float(value).is_integer() else value
     if isinstance(default, float) and isinstance(value, (int, float)):
@@ -218,20 +217,114 @@ def load_recipe(path: Optional[str] = None, overrides: Optional[list[str]] = Non
 
 
 def validate(r: Recipe) -> None:
+    """Every recipe problem a run would otherwise meet later (a ZeroDivisionError at the first log, a Hub lookup
+    for an unknown format, a model with no layers), as a RecipeError that names the key and a valid value."""
     from .model import model_family
     family = model_family(r.model.family)  # an unknown family is a RecipeError listing the known ones
+    _check_types(r)
+    _check_train(r.train)
+    _check_data(r.data, r.tokenizer)
+    _check_model(r.model, r.data, r.model.family)
     if r.data.mode not in ("truncate", "chunk", "pack"):
         raise RecipeError(f"data.mode must be truncate, chunk or pack, got '{r.data.mode}'.")
     if r.data.mode == "pack" and not family.reads_document_ids:
         raise RecipeError("data.mode=pack puts document ids in attention_mask, which only MosaicBERT understands; "
                           "use data.mode=truncate or chunk with model.family=hf.")
-    t = r.train
+
+
+_KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false"}
+DATA_FORMATS = ("auto", "text", "lines", "wiki", "json", "parquet", "csv")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+
+def _field_kind(f) -> Optional[str]:
+    """'int' | 'float' | 'bool' for a field that must hold one (from its annotation, or for the model section's
+    fields from the default's type); None for free-form fields (durations, paths, optional settings)."""
+    ann = f.type if isinstance(f.type, str) else ""
+    if ann in ("int", "float", "bool"):
+        return ann
+    if ann.startswith("Optional[") and ann[9:-1] in ("int", "float"):
+        return ann[9:-1]
+    if f.type is Any and f.default is not None and type(f.default) in (int, float, bool):
+        return type(f.default).__name__
+    return None
+
+
+def _kind_ok(kind: str, v) -> bool:
+    if kind == "bool":
+        return isinstance(v, bool)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and (kind == "float" or float(v).is_integer())
+
+
+def _check_types(r: Recipe) -> None:
+    for name, sec in r.sections().items():
+        for f in dataclasses.fields(sec):
+            kind, v = _field_kind(f), getattr(sec, f.name)
+            if kind is None or (v is None and "Optional" in str(f.type)) or _kind_ok(kind, v):
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            raise RecipeError(f"{name}.{f.name} must be {_KIND_WORDS[kind]}, got {v!r}; e.g. {name}.{f.name}={default}.")
+
+
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise RecipeError(msg)
+
+
+def _check_train(t: TrainConfig) -> None:
     if t.microbatch_size <= 0 or t.global_batch_size <= 0:
         raise RecipeError("train.global_batch_size and train.microbatch_size must be positive.")
     for name in ("mlm_probability", "eval_mlm_probability"):
-        if not 0.0 < getattr(t, name) < 1.0:
-            raise RecipeError(f"train.{name} must be in (0, 1).")
-    parse_duration(t.max_duration)
+        _need(0.0 < getattr(t, name) < 1.0, f"train.{name} must be in (0, 1), got {getattr(t, name)}.")
+    for k in ("eval_interval", "log_interval", "checkpoint_interval"):
+        _need(getattr(t, k) >= 1, f"train.{k} must be >= 1 (optimizer steps between events), got {getattr(t, k)}.")
+    for k, low in (("lr", "> 0"), ("eps", "> 0"), ("weight_decay", ">= 0"), ("alpha_f", ">= 0"),
+                   ("eval_samples", ">= 0"), ("keep_checkpoints", ">= 0")):
+        v = getattr(t, k)
+        _need(v > 0 if low == "> 0" else v >= 0, f"train.{k} must be {low}, got {v}.")
+    _need(t.grad_clip_norm is None or t.grad_clip_norm >= 0, "train.grad_clip_norm must be >= 0 or null (no clip).")
+    _need(t.mixed_precision in PRECISIONS, f"train.mixed_precision must be one of {', '.join(PRECISIONS)}, got "
+                                           f"{t.mixed_precision!r}.")
+    b = t.betas
+    _need(isinstance(b, (list, tuple)) and len(b) == 2 and all(_kind_ok("float", x) for x in b),
+          f"train.betas must be two numbers, e.g. train.betas=[0.9, 0.98]; got {b!r}.")
+    _need(all(0 <= x < 1 for x in b), f"train.betas must both be in [0, 1), got {list(b)}.")
+    _need(parse_duration(t.max_duration)[0] > 0, f"train.max_duration must be positive, got {t.max_duration!r}; "
+                                                  f"e.g. 400ba (steps), 2e6sp (samples) or 1e9tok (tokens).")
+    if isinstance(t.warmup, str):
+        warmup_steps(t.warmup, 1)
+    else:
+        _need(_kind_ok("float", t.warmup) and t.warmup >= 0, f"train.warmup must be >= 0 (a fraction of the run "
+                                                            f"like 0.06, or steps like '500ba'), got {t.warmup!r}.")
+    out = Path(str(t.output_dir)).expanduser()
+    _need(not out.exists() or out.is_dir(), f"train.output_dir {out} is a file: set train.output_dir to a folder.")
+
+
+def _check_data(d: DataConfig, tok: TokenizerConfig) -> None:
+    _need(d.max_seq_len >= 8, f"data.max_seq_len must be >= 8 ([CLS], [SEP] and tokens to mask), got {d.max_seq_len}.")
+    _need(d.format in DATA_FORMATS, f"data.format {d.format!r} is unknown: use one of {', '.join(DATA_FORMATS)}.")
+    _need(0 <= d.valid_fraction < 1, f"data.valid_fraction must be in [0, 1), got {d.valid_fraction}.")
+    for k in ("max_train_docs", "max_valid_docs"):
+        v = getattr(d, k)
+        _need(v is None or v >= 1, f"data.{k} must be >= 1, or null for no limit; got {v}.")
+    _need(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}.")
+    _need(tok.name_or_path is not None or tok.vocab_size >= 32,
+          f"tokenizer.vocab_size must be >= 32 (special tokens and characters), got {tok.vocab_size}.")
+    _need(tok.training_docs >= 1, f"tokenizer.training_docs must be >= 1, got {tok.training_docs}.")
+
+
+def _check_model(m, d: DataConfig, family: str) -> None:
+    _need(m.vocab_size is None or (_kind_ok("int", m.vocab_size) and m.vocab_size >= 1),
+          f"model.vocab_size must be >= 1, or null (the tokenizer's size rounded up to 64); got {m.vocab_size!r}.")
+    for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings"):
+        _need(getattr(m, k) >= 1, f"model.{k} must be >= 1, got {getattr(m, k)}.")
+    _need(m.hidden_size % m.num_attention_heads == 0, f"model.hidden_size ({m.hidden_size}) must be a multiple of "
+                                                      f"model.num_attention_heads ({m.num_attention_heads}).")
+    for k in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        _need(0 <= getattr(m, k) < 1, f"model.{k} must be in [0, 1), got {getattr(m, k)}.")
+    _need(family != "hf" or d.max_seq_len <= m.max_position_embeddings,
+          f"data.max_seq_len ({d.max_seq_len}) exceeds model.max_position_embeddings ({m.max_position_embeddings}) "
+          f"of the hf baseline (learned positions): lower one or raise the other.")
 
 
 def check_batch(r: Recipe, num_processes: int) -> int:
@@ -247,13 +340,14 @@ def check_batch(r: Recipe, num_processes: int) -> int:
     return g // (mb * num_processes)
 
 
-def parse_duration(value) -> tuple[float, str]:
+def parse_duration(value, what: str = "train.max_duration") -> tuple[float, str]:
     """Returns (amount, unit) with unit in {"ba", "sp", "tok"}."""
     if isinstance(value, (int, float)):
         return float(value), "ba"
     m = re.fullmatch(r"\s*([0-9.eE+]+)\s*(ba|steps?|sp|samples?|tok|tokens?)\s*", str(value))
     if not m:
-        raise RecipeError(f"train.max_duration '{value}' not understood: use e.g. 70000ba (steps), 2e6sp (samples) or 1e9tok (tokens).")
+        raise RecipeError(f"{what} '{value}' not understood: use e.g. 70000ba (steps), 2e6sp (samples) or 1e9tok "
+                          f"(tokens){', or a fraction of the run like 0.06 or 500ba' if what == 'train.warmup' else ''}.")
     u = m.group(2)
     unit = "ba" if u in ("ba", "step", "steps") else ("sp" if u in ("sp", "sample", "samples") else "tok")
     return float(m.group(1)), unit
@@ -272,7 +366,7 @@ def duration_to_steps(value, global_batch: int, mean_tokens_per_sample: float) -
 
 def warmup_steps(value, total_steps: int) -> int:
     if isinstance(value, str):
-        amount, unit = parse_duration(value) if not value.endswith("dur") else (float(value[:-3]), "dur")
+        amount, unit = parse_duration(value, "train.warmup") if not value.endswith("dur") else (float(value[:-3]), "dur")
         if unit == "dur":
             return int(round(amount * total_steps))
         if unit != "ba":

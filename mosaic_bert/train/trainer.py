@@ -17,7 +17,7 @@ import torch
 from accelerate.utils import set_seed
 
 from .checkpoint import CheckpointManager
-from .config import Recipe, check_batch, duration_to_steps
+from .config import Recipe, check_batch, duration_to_steps, validate
 from .data import BatchPlan, TrainLoader, build_data, eval_batches
 from .export import export_run, result_message
 from .flops import model_flop_params, step_flops
@@ -36,6 +36,7 @@ class Trainer:
     moves that run aside."""
 
     def __init__(self, recipe: Recipe, resume=None, callbacks=(), overwrite: bool = False):
+        validate(recipe)   # a recipe built in code gets the same checks as a loaded one
         self.recipe, self.callbacks, self.t_start = recipe, list(callbacks), time.time()
         self.acc = build_accelerator(recipe.train)
         self.say = main_process_printer(self.acc)
