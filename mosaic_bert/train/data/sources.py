@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import io
 import itertools
+import logging
 import lzma
 import os
 from pathlib import Path
@@ -21,9 +22,13 @@ from typing import Callable, Iterable, Iterator, Optional
 
 from ...errors import DataError
 
+logger = logging.getLogger(__name__)
+
 TEXT_FORMATS = ("text", "wiki", "lines")
 COMPRESSED = {".xz": lzma.open, ".lzma": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 _NO_BLANK_LINE_YET = 1000  # lines without a blank one before a text file is read one document per line
+_SNIFF_BYTES = 1 << 16     # the head of a text file checked for binary content / another encoding
+_MAX_UNDECODABLE = 0.01    # share of undecodable bytes in that head above which a file is refused
 
 
 def take(docs: Iterable[str], n: Optional[int]) -> Iterator[str]:
@@ -72,6 +77,33 @@ def _open_text(path: str):
     return io.TextIOWrapper(opener(path, "rb"), encoding="utf-8", errors="replace")
 
 
+def check_text_file(path: str) -> None:
+    """Refuse a "text" file that is binary (NUL bytes) or mostly not UTF-8, judged on its (decompressed) head."""
+    _, opener = _strip_compression(path)
+    with (opener or open)(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    if b"\x00" in head:
+        raise DataError(f"{path} looks binary (NUL bytes in its first {len(head):,} bytes), not text. Remove it from "
+                        f"data.train_files / data.valid_files; for jsonl, parquet or csv data give the file that "
+                        f"extension or set data.format.")
+    bad = head.decode("utf-8", errors="replace").count("\ufffd")
+    if bad > _MAX_UNDECODABLE * len(head):
+        raise DataError(f"{path} is not UTF-8 text: {bad:,} undecodable bytes in its first {len(head):,}. Convert it "
+                        f"to UTF-8 (e.g. iconv -f latin1 -t utf-8) or remove it from data.train_files / "
+                        f"data.valid_files.")
+
+
+def _counted(lines: Iterable[str], path: str) -> Iterator[str]:
+    """``lines`` unchanged; at the end, a warning with the count of undecodable bytes (read as U+FFFD)."""
+    bad = 0
+    for line in lines:
+        bad += line.count("\ufffd")
+        yield line
+    if bad:
+        logger.warning("%s: %d undecodable bytes (not UTF-8) were read as U+FFFD; convert the file to UTF-8 to train "
+                       "on its real text", path, bad)
+
+
 def _blocks(lines: Iterable[str]) -> Iterator[str]:
     """Blank-line-separated blocks joined with a space; one document per line while no blank line has been seen."""
     block: list[str] = []
@@ -93,12 +125,15 @@ def _blocks(lines: Iterable[str]) -> Iterator[str]:
 
 
 def iter_text_documents(path: str, fmt: str = "text") -> Iterator[str]:
-    """``lines``: one document per non-empty line. ``text``/``wiki``: blank-line-separated blocks."""
+    """``lines``: one document per non-empty line. ``text``/``wiki``: blank-line-separated blocks. A binary or
+    mostly non-UTF-8 file is refused; a few undecodable bytes are counted and warned about."""
+    check_text_file(path)
     with _open_text(path) as f:
+        lines = _counted(f, path)
         if fmt == "lines":
-            yield from (s for s in (line.strip() for line in f) if s)
+            yield from (s for s in (line.strip() for line in lines) if s)
         else:
-            yield from _blocks(f)
+            yield from _blocks(lines)
 
 
 def _iter_table_documents(path: str, fmt: str, text_column: str) -> Iterator[str]:
