@@ -47,10 +47,13 @@ def main(argv=None):
                         stream=sys.stdout)
     seeds = num_seeds = None
     if a.seeds:
-        if "," in a.seeds:
-            seeds = [int(s) for s in a.seeds.split(",") if s]
-        else:
-            num_seeds = int(a.seeds)
+        try:
+            if "," in a.seeds:
+                seeds = [int(s) for s in a.seeds.split(",") if s]
+            else:
+                num_seeds = int(a.seeds)
+        except ValueError:
+            p.error(f"--seeds {a.seeds!r}: give a count N (the first N paper seeds) or a comma list of integer seeds")
     try:
         res = run_glue(
             a.model, a.tasks, a.data_dir, a.output_dir, tokenizer=a.tokenizer, seeds=seeds,

@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 from transformers import TrainerCallback
 
-from ..errors import GlueDataError, ModelLoadError
+from ..errors import GlueDataError, ModelLoadError, RecipeError
 from ..train.optim import build_optimizer, build_scheduler
 from .tasks import (
     MAX_SEQ_LENGTH,
@@ -248,7 +248,9 @@ def finetune(
     """Fine-tune one seed; returns {"epochs": [{"epoch", "metrics"}...], "train_time_s", ...}."""
     from transformers import DataCollatorWithPadding, Trainer, set_seed
 
-    epochs = epochs or task.epochs
+    epochs = task.epochs if epochs is None else epochs
+    if epochs < 1:
+        raise RecipeError(f"epochs must be >= 1, got {epochs}.")
     set_seed(seed)
     model = load_model(model_path, task, fresh_classifier=fresh_classifier, trust_remote_code=trust_remote_code)
     train_tok = _tokenize(train_ds, tokenizer, max_length)
@@ -316,7 +318,8 @@ def run_glue(
     from transformers import AutoTokenizer
 
     names = resolve_tasks(tasks)
-    check_inputs(names, model, tokenizer, data_dir, epochs)
+    check_inputs(names, model, tokenizer, data_dir, dict(epochs=epochs, max_train_samples=max_train_samples,
+                                                         max_eval_samples=max_eval_samples, seeds=num_seeds))
     os.makedirs(output_dir, exist_ok=True)
     tok = _from_pretrained(AutoTokenizer, tokenizer or model, use_fast=True)
     if not getattr(tok, "is_fast", False):
@@ -347,8 +350,12 @@ def run_glue(
     return results
 
 
-def check_inputs(names: list[str], model: str, tokenizer: str | None, data_dir: str, epochs: int | None) -> None:
-    """Everything a run needs, checked before any training: the data files, the model and tokenizer, the epochs."""
+def check_inputs(names: list[str], model: str, tokenizer: str | None, data_dir: str, counts: dict) -> None:
+    """Everything a run needs, checked before any training: the counts (epochs, samples, seeds), the data files, the
+    model and tokenizer."""
+    for key, v in counts.items():
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise RecipeError(f"--{key.replace('_', '-')} must be >= 1 (or left out for the paper's value), got {v!r}.")
     check_data_available(names, data_dir)
     check_model_source(model)
     check_model_source(tokenizer or model, "--tokenizer" if tokenizer else "--model")

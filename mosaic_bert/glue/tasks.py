@@ -12,6 +12,7 @@ This module is independent of the model code: nothing in ``mosaic_bert`` imports
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -170,15 +171,31 @@ def read_glue_tsv(path: str, task: GlueTask) -> dict[str, list]:
             f"<data-dir>/{TSV_DIRS[task.name]}/{{train,{','.join(s for _, s in task.eval_files)}}}.tsv; "
             f"fix --data-dir, or use --data-dir hub to read nyu-mll/glue from the Hub."
         )
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        rows = [r for r in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE) if r]  # tolerate blank lines
+    rows = list(csv.reader(io.StringIO(_read_utf8(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = [r for r in rows if r]  # tolerate blank lines
     rows, cols, width, first_line = _locate_columns(path, task, rows)
+    n_lines = len(rows)
     rows = _drop_malformed(path, rows, width, first_line)
+    if not rows:
+        raise GlueDataError(f"{path}: no data rows (only a header). Use the full GLUE file." if not n_lines else
+                            f"{path}: no usable rows: all {n_lines} lines lack the {width} tab-separated fields of the "
+                            f"header. Is this a tab-separated GLUE file of {task.name}?")
     out: dict[str, list] = {"text_a": [r[cols[0]] for r in rows]}
     if len(task.text_columns) == 2:
         out["text_b"] = [r[cols[1]] for r in rows]
-    out["label"] = _parse_labels(path, task, [r[cols[-1]].strip() for r in rows])
+    out["label"] = _parse_labels(path, task, [r[cols[-1]].strip() for r in rows], first_line)
     return out
+
+
+def _read_utf8(path: str) -> str:
+    """The file's text (UTF-8, optional BOM); a line that is not UTF-8 is an error naming the file and line."""
+    raw = open(path, "rb").read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise GlueDataError(f"{path}: line {line} is not UTF-8 ({e.reason} at byte {e.start}). Convert the file to "
+                            f"UTF-8 (e.g. iconv -f latin1 -t utf-8) or fix that line.") from None
 
 
 def _locate_columns(path: str, task: GlueTask, rows: list[list[str]]):
@@ -222,14 +239,24 @@ def _drop_malformed(path: str, rows: list[list[str]], width: int, first_line: in
     return [r for i, r in enumerate(rows) if i not in bad_set]
 
 
-def _parse_labels(path: str, task: GlueTask, raw: list[str]) -> list:
-    """Label strings -> float scores (regression) or class ids in ``task.labels`` order."""
+STSB_RANGE = (0.0, 5.0)  # STS-B similarity scores
+
+
+def _parse_labels(path: str, task: GlueTask, raw: list[str], first_line: int = 2) -> list:
+    """Label strings -> float scores (regression, in 0 to 5) or class ids in ``task.labels`` order."""
     col_name = task.label_column
     if task.is_regression:
         try:
-            return [float(v) for v in raw]
+            scores = [float(v) for v in raw]
         except ValueError as e:
             raise GlueDataError(f"{path}: column {col_name!r} must hold numbers for {task.name}: {e}") from None
+        lo, hi = STSB_RANGE
+        bad = [i for i, v in enumerate(scores) if not lo <= v <= hi]   # NaN fails too
+        if bad:
+            raise GlueDataError(f"{path}: line {bad[0] + first_line}: score {raw[bad[0]]} is outside {lo:g} to {hi:g} "
+                                f"({len(bad)} such lines); {task.name} scores are similarities from 0 to 5. Fix "
+                                f"the file.")
+        return scores
     label_id = {lab: i for i, lab in enumerate(task.labels)}
     unknown = sorted(set(raw) - set(label_id))
     if unknown:
