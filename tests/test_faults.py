@@ -210,3 +210,25 @@ def test_disk_full_while_saving_says_so_and_keeps_the_previous_checkpoint(cache,
     assert checkpoint_steps(out) == [4] and not list((out / "checkpoints").glob(".tmp*"))
     run(short(out, cache), resume="latest")             # the previous checkpoint is intact: the run continues from it
     assert [s for s, _ in losses(out)[0]] == list(range(1, 9))
+
+
+# ------------------------------------------------------------------------------------------------ should-fix, end to end
+def test_eval_samples_0_records_no_held_out_loss(cache, tmp_path):
+    out = tmp_path / "run"
+    p = run(short(out, cache, **{"train.eval_samples": 0, "train.max_duration": "4ba"}))
+    assert not losses(out)[1], "a held-out loss was recorded without held-out samples"
+    card = (out / "README.md").read_text()
+    assert "0.0000" not in card and "No held-out evaluation" in card, card
+    assert "held-out MLM loss" not in p.stdout
+
+
+def test_resume_path_into_a_new_folder(finished, cache, tmp_path):
+    out = tmp_path / "new"
+    run(short(out, cache), resume=str(finished / "checkpoints" / "step_0000004"))
+    (tr1, ev1), (tr2, ev2) = losses(finished), losses(out)
+    assert [s for s, _ in tr2] == list(range(1, 9)) and [s for s, _ in ev2] == [0, 8]
+    for (s1, a), (s2, b) in zip(tr1 + ev1, tr2 + ev2):
+        assert s1 == s2 and a == pytest.approx(b, rel=1e-6, abs=1e-6), (s1, a, b)
+    assert tree(finished / "checkpoints")                               # the source run is untouched
+    p = run(short(out, cache), resume=str(finished / "checkpoints" / "step_0000004"), check=False)
+    assert p.returncode == 2 and "holds another run" in p.stderr, p.stderr[-2000:]   # would mix two runs

@@ -76,6 +76,24 @@ class CheckpointManager:
                               f"{self.root}/step_0001000 or a run folder.")
         return p
 
+    def owns(self, ckpt: Path) -> bool:
+        return Path(ckpt).resolve().parent == self.root.resolve()
+
+    def adopt(self, ckpt: Path):
+        """``--resume PATH`` of another run folder: continue it here (refused if ``out_dir`` holds a run of its own),
+        with the source run's metrics log carried over so the log reads like a straight run."""
+        earlier = self.earlier_run()
+        if earlier:
+            raise ResumeError(f"--resume {ckpt}: {self.out_dir} holds another run ({', '.join(earlier[:3])}); resuming "
+                              f"into it would mix two runs. Resume into an empty train.output_dir, or into the "
+                              f"checkpoint's own run folder {Path(ckpt).parent.parent}.")
+        if self.accelerator.is_main_process:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            src = Path(ckpt).parent.parent / RUN_MARKERS[0]
+            if src.is_file():
+                shutil.copyfile(src, self.out_dir / RUN_MARKERS[0])
+        self.accelerator.wait_for_everyone()
+
     def check_compatible(self, ckpt: Path, recipe) -> dict:
         """The checkpoint's trainer state, if ``recipe`` defines the same run; a ResumeError naming the fix if not."""
         state = json.loads((ckpt / STATE_FILE).read_text())

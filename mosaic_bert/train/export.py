@@ -103,10 +103,13 @@ def _card_recipe(t: dict, summary: dict, records: list[dict]) -> list[str]:
 
 
 def _card_results(summary: dict) -> list[str]:
+    evals = [e for e in (summary.get("first_eval"), summary.get("last_eval")) if e]
+    if not evals:
+        return ["## Results", "", "No held-out evaluation was run (train.eval_samples=0).", "",
+                "![loss curve](loss_curve.png)", "", "Full recipe: `recipe.json`; per-step metrics: `metrics.jsonl`.", ""]
     lines = ["## Results (held-out split)", "", "| | MLM loss | masked accuracy |", "|---|---|---|"]
-    for e in (summary.get("first_eval"), summary.get("last_eval")):
-        if e:
-            lines.append(f"| step {e['step']} | {e['eval_loss']:.4f} | {e['eval_accuracy']:.4f} |")
+    for e in evals:
+        lines.append(f"| step {e['step']} | {e['eval_loss']:.4f} | {e['eval_accuracy']:.4f} |")
     return lines + ["", "![loss curve](loss_curve.png)", "",
                     "Full recipe: `recipe.json`; per-step metrics: `metrics.jsonl`.", ""]
 

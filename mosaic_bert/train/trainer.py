@@ -62,6 +62,8 @@ class Trainer:
         resumed = self.checkpoints.check_compatible(ckpt, recipe) if ckpt else None
         if ckpt is None:
             self.checkpoints.start_fresh(overwrite, self.say)
+        elif not self.checkpoints.owns(ckpt):
+            self.checkpoints.adopt(ckpt)
         self.data = data = build_data(recipe.data, recipe.tokenizer, acc, log=self.say)
         total = duration_to_steps(t.max_duration, t.global_batch_size, data.meta["train"]["mean_tokens_per_row"])
         self.family = model_family(recipe.model.family)
@@ -124,9 +126,12 @@ class Trainer:
         return lr
 
     @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Held-out MLM loss and masked accuracy on fixed batches and masks, summed over processes."""
+    def evaluate(self) -> dict | None:
+        """Held-out MLM loss and masked accuracy on fixed batches and masks, summed over processes; None (nothing
+        recorded) with ``train.eval_samples=0`` or when the batches hold no masked token."""
         acc, t = self.acc, self.recipe.train
+        if t.eval_samples == 0:
+            return None
         self.model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=acc.device)  # loss * n, correct, n
         for batch in eval_batches(self.data.valid, self.eval_masker, t.eval_samples, t.microbatch_size,
@@ -142,6 +147,9 @@ class Trainer:
             sums += torch.stack([out.loss.double() * n, correct.double(), sums.new_tensor(float(n))])
         loss, correct, n = acc.reduce(sums, reduction="sum").tolist()
         self.model.train()
+        if n == 0:
+            self.say(f"[pretrain] step {self.state.step}: the held-out batches hold no masked token; nothing recorded")
+            return None
         rec = {"step": self.state.step, "eval_loss": loss / max(n, 1.0), "eval_accuracy": correct / max(n, 1.0),
                "eval_masked_tokens": int(n)}
         self.reporter.record(rec, eval_message(rec))
