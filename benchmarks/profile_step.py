@@ -208,7 +208,7 @@ def checks() -> list[dict]:
     def run(model, b, call=None):
         model.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            o = (call or model)(**b)
+            o = (call if call is not None else model)(**b)
         o.loss.backward()
         return o.loss.detach().float(), {n: p.grad.detach().float().clone() for n, p in model.named_parameters()
                                          if p.grad is not None}
@@ -251,11 +251,12 @@ def geglu_checks() -> list[dict]:
         x64 = x.detach().double().requires_grad_(True)
         g, u = x64.split(i, dim=-1)
         ref = torch.nn.functional.gelu(g) * u
+        keep = fa.geglu_keep_mask(mask, n, i) if p > 0 else None
         if p > 0:
-            ref = torch.where(mask.bool(), ref / (1 - p), 0.0)
+            ref = torch.where(keep, ref / (1 - p), 0.0)
         ref.backward(dh.double())
         e_h, e_g = rel(h, ref), rel(x.grad, x64.grad)
-        frac = mask.float().mean().item() if p > 0 else 1.0
+        frac = keep.float().mean().item() if p > 0 else 1.0
         ok = e_h < 1e-2 and e_g < 1e-2 and abs(frac - (1 - p)) < 0.01
         out.append(dict(check=f"geglu op bf16 {n}x{i} p={p} vs float64", loss=frac, loss_diff=e_h,
                         worst_grad_rel=e_g, ok=ok))

@@ -126,10 +126,13 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple if multiple > 1 else n
 
 
-def bucketed_layout(attention_mask: torch.Tensor, labels: Optional[torch.Tensor] = None, *, token_multiple: int = 512,
-                    label_multiple: int = 256, max_seqlen: Optional[int] = None) -> dict:
+def bucketed_layout(attention_mask: torch.Tensor, labels: Optional[torch.Tensor] = None, *, token_multiple: int = 128,
+                    label_multiple: int = 64, max_seqlen: Optional[int] = None) -> dict:
     """The unpadding of a padded CPU batch with bucketed sizes, for a data collator: the model then sees only a few
     distinct shapes (no recompiles, CUDA graphs possible) and no data-dependent size at all. Pure function, CPU only.
+    Filler tokens are real work (every matmul runs on them): a finer `token_multiple` wastes less, a coarser one
+    gives fewer shapes (one CUDA graph each under mode="reduce-overhead"; one compiled graph for all of them when
+    the sizes are marked dynamic).
 
     Returns the model's keyword inputs `indices`, `cu_seq_lens_q`, `max_length_q` and, with `labels`,
     `masked_positions`:

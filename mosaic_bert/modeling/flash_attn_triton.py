@@ -119,6 +119,7 @@ if HAS_TRITON:
             (128, 64, 8, 3),
             (128, 128, 8, 3),
             (64, 64, 4, 3),
+            (64, 128, 4, 2),
         ])
         # dK/dV kernel: BLOCK_N keys are resident, BLOCK_M queries stream
         _BWD_KV_CONFIGS = _cfgs([
@@ -137,7 +138,8 @@ if HAS_TRITON:
         # fused short-sequence backward: BLOCK_N (all keys) comes from the
         # caller; BLOCK_M queries stream
         _BWD_FUSED_CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=st)
-                              for (m, w, st) in ((64, 4, 2), (64, 8, 2), (32, 4, 2), (128, 8, 2))]
+                              for (m, w, st) in ((64, 4, 2), (64, 8, 2), (32, 4, 2), (128, 8, 2),
+                                                 (16, 4, 2), (32, 4, 1), (64, 4, 1), (32, 8, 2))]
         if os.environ.get("MOSAIC_FA_TUNE", "1") == "0":
             _BWD_FUSED_CONFIGS = _BWD_FUSED_CONFIGS[:1]
             _FWD_CONFIGS = _FWD_CONFIGS[:1]
@@ -1047,7 +1049,9 @@ _register_ops()
 # ``torch.ops.mosaic_bert.geglu_dropout_fwd_v1(gate_up, seed, p) -> (h, mask)``
 # and ``..._bwd_v1(dh, gate_up, mask, p) -> dgate_up``.  gate_up (N, 2I) is the
 # output of the fused (hidden -> 2 x intermediate) matmul, gate = [:, :I],
-# up = [:, I:]; h (N, I); mask (N, I) uint8 (1 = kept), or (0,) when p == 0;
+# up = [:, I:]; h (N, I); mask uint8: (N, I) 0/1 on the PyTorch path, packed
+# on the kernel path (one byte per Philox counter, bit k = quarter k of a
+# 1024-column block), (0,) when p == 0;
 # seed (1,) int64, the only source of randomness (the op is a pure function of
 # its inputs, so compilers may move it but never need to recompute it).
 # Why a kernel: Inductor's fused version draws one Philox call per element and
@@ -1066,22 +1070,70 @@ if HAS_TRITON:
         return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
 
     @triton.jit
-    def _geglu_fwd_part(GU, H, MASK, rows, cols, r, n_rows, n_cols, p, scale,
+    def _geglu_fwd_part(GU, H, rows, cols, r, n_rows, n_cols, p, scale,
                         HAS_DROPOUT: tl.constexpr):
         ok = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
         src = rows[:, None].to(tl.int64) * (2 * n_cols) + cols[None, :]
         g = tl.load(GU + src, mask=ok, other=0.0).to(tl.float32)
         u = tl.load(GU + src + n_cols, mask=ok, other=0.0).to(tl.float32)
         h = _gelu_f32(g) * u
-        dst = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
+        keep = h == h  # all True when there is no dropout
         if HAS_DROPOUT:
             keep = tl.uint_to_uniform_float(r) >= p
             h = tl.where(keep, h * scale, 0.0)
-            tl.store(MASK + dst, keep.to(tl.uint8), mask=ok)
+        dst = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
         tl.store(H + dst, h.to(H.dtype.element_ty), mask=ok)
+        return keep.to(tl.uint8)
 
     @triton.jit
     def _geglu_fwd_kernel(GU, H, MASK, SEED, n_rows, n_cols, n_col_blocks, p, scale,
+                          HAS_DROPOUT: tl.constexpr, BLOCK_R: tl.constexpr,
+                          BLOCK_C: tl.constexpr):
+        # A tile is BLOCK_R rows x 4 quarters of Q columns. One Philox counter per
+        # (row, column block, column of a quarter) gives four draws, one per
+        # quarter; the four keep bits of a counter are one byte of the mask.
+        pid_r = tl.program_id(0)
+        pid_c = tl.program_id(1)
+        Q: tl.constexpr = BLOCK_C // 4
+        rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+        c0 = pid_c * BLOCK_C + tl.arange(0, Q)
+        offs = (rows[:, None] * n_col_blocks + pid_c) * Q + tl.arange(0, Q)[None, :]
+        if HAS_DROPOUT:
+            seed = tl.load(SEED)
+            r0, r1, r2, r3 = tl.randint4x(seed, offs)
+        else:
+            r0 = 0
+            r1 = 0
+            r2 = 0
+            r3 = 0
+        k0 = _geglu_fwd_part(GU, H, rows, c0, r0, n_rows, n_cols, p, scale, HAS_DROPOUT)
+        k1 = _geglu_fwd_part(GU, H, rows, c0 + Q, r1, n_rows, n_cols, p, scale, HAS_DROPOUT)
+        k2 = _geglu_fwd_part(GU, H, rows, c0 + 2 * Q, r2, n_rows, n_cols, p, scale, HAS_DROPOUT)
+        k3 = _geglu_fwd_part(GU, H, rows, c0 + 3 * Q, r3, n_rows, n_cols, p, scale, HAS_DROPOUT)
+        if HAS_DROPOUT:
+            bits = k0 | (k1 << 1) | (k2 << 2) | (k3 << 3)
+            tl.store(MASK + offs, bits, mask=rows[:, None] < n_rows)
+
+    @triton.jit
+    def _geglu_bwd_part(DH, GU, DGU, rows, cols, bits, n_rows, n_cols, scale,
+                        HAS_DROPOUT: tl.constexpr):
+        ok = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+        src = rows[:, None].to(tl.int64) * (2 * n_cols) + cols[None, :]
+        hid = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
+        g = tl.load(GU + src, mask=ok, other=0.0).to(tl.float32)
+        u = tl.load(GU + src + n_cols, mask=ok, other=0.0).to(tl.float32)
+        dh = tl.load(DH + hid, mask=ok, other=0.0).to(tl.float32)
+        if HAS_DROPOUT:
+            dh = tl.where((bits & 1) != 0, dh * scale, 0.0)
+        cdf = 0.5 * (1.0 + tl.math.erf(g * 0.7071067811865476))
+        pdf = tl.exp(-0.5 * g * g) * 0.3989422804014327
+        dg = dh * u * (cdf + g * pdf)
+        du = dh * (g * cdf)
+        tl.store(DGU + src, dg.to(DGU.dtype.element_ty), mask=ok)
+        tl.store(DGU + src + n_cols, du.to(DGU.dtype.element_ty), mask=ok)
+
+    @triton.jit
+    def _geglu_bwd_kernel(DH, GU, MASK, DGU, n_rows, n_cols, n_col_blocks, scale,
                           HAS_DROPOUT: tl.constexpr, BLOCK_R: tl.constexpr,
                           BLOCK_C: tl.constexpr):
         pid_r = tl.program_id(0)
@@ -1090,41 +1142,14 @@ if HAS_TRITON:
         rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
         c0 = pid_c * BLOCK_C + tl.arange(0, Q)
         if HAS_DROPOUT:
-            seed = tl.load(SEED)
-            # one Philox counter per (row, column block, column of a quarter): four draws, one per quarter
             offs = (rows[:, None] * n_col_blocks + pid_c) * Q + tl.arange(0, Q)[None, :]
-            r0, r1, r2, r3 = tl.randint4x(seed, offs)
+            bits = tl.load(MASK + offs, mask=rows[:, None] < n_rows, other=0).to(tl.int32)
         else:
-            r0 = 0
-            r1 = 0
-            r2 = 0
-            r3 = 0
-        _geglu_fwd_part(GU, H, MASK, rows, c0, r0, n_rows, n_cols, p, scale, HAS_DROPOUT)
-        _geglu_fwd_part(GU, H, MASK, rows, c0 + Q, r1, n_rows, n_cols, p, scale, HAS_DROPOUT)
-        _geglu_fwd_part(GU, H, MASK, rows, c0 + 2 * Q, r2, n_rows, n_cols, p, scale, HAS_DROPOUT)
-        _geglu_fwd_part(GU, H, MASK, rows, c0 + 3 * Q, r3, n_rows, n_cols, p, scale, HAS_DROPOUT)
-
-    @triton.jit
-    def _geglu_bwd_kernel(DH, GU, MASK, DGU, n_rows, n_cols, scale,
-                          HAS_DROPOUT: tl.constexpr, BLOCK_R: tl.constexpr,
-                          BLOCK_C: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-        cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-        ok = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
-        src = rows[:, None].to(tl.int64) * (2 * n_cols) + cols[None, :]
-        hid = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
-        g = tl.load(GU + src, mask=ok, other=0.0).to(tl.float32)
-        u = tl.load(GU + src + n_cols, mask=ok, other=0.0).to(tl.float32)
-        dh = tl.load(DH + hid, mask=ok, other=0.0).to(tl.float32)
-        if HAS_DROPOUT:
-            keep = tl.load(MASK + hid, mask=ok, other=0)
-            dh = tl.where(keep != 0, dh * scale, 0.0)
-        cdf = 0.5 * (1.0 + tl.math.erf(g * 0.7071067811865476))
-        pdf = tl.exp(-0.5 * g * g) * 0.3989422804014327
-        dg = dh * u * (cdf + g * pdf)
-        du = dh * (g * cdf)
-        tl.store(DGU + src, dg.to(DGU.dtype.element_ty), mask=ok)
-        tl.store(DGU + src + n_cols, du.to(DGU.dtype.element_ty), mask=ok)
+            bits = 0
+        _geglu_bwd_part(DH, GU, DGU, rows, c0, bits, n_rows, n_cols, scale, HAS_DROPOUT)
+        _geglu_bwd_part(DH, GU, DGU, rows, c0 + Q, bits >> 1, n_rows, n_cols, scale, HAS_DROPOUT)
+        _geglu_bwd_part(DH, GU, DGU, rows, c0 + 2 * Q, bits >> 2, n_rows, n_cols, scale, HAS_DROPOUT)
+        _geglu_bwd_part(DH, GU, DGU, rows, c0 + 3 * Q, bits >> 3, n_rows, n_cols, scale, HAS_DROPOUT)
 
 
 def _geglu_kernels(gate_up):
@@ -1164,6 +1189,24 @@ def reference_geglu_bwd(dh, gate_up, mask, p):
     return torch.cat([d * up * (cdf + gate * pdf), d * gate * cdf], dim=-1).to(gate_up.dtype)
 
 
+def _geglu_mask_shape(n, i, p):
+    """The kernels' packed mask: one byte per Philox counter, bit k = the keep decision of quarter k."""
+    if p == 0.0:
+        return (0,)
+    return (n, triton.cdiv(i, _GEGLU_BLOCK_C) * (_GEGLU_BLOCK_C // 4))
+
+
+def geglu_keep_mask(mask: torch.Tensor, n: int, i: int) -> torch.Tensor:
+    """The op's dropout mask as (N, I) bool (True = kept), from either layout (0/1 or the kernels' packed bits)."""
+    if tuple(mask.shape) == (n, i):
+        return mask.bool()
+    q = _GEGLU_BLOCK_C // 4
+    cols = torch.arange(i, device=mask.device)
+    byte = (cols // _GEGLU_BLOCK_C) * q + (cols % _GEGLU_BLOCK_C) % q
+    bit = (cols % _GEGLU_BLOCK_C) // q
+    return ((mask[:, byte].to(torch.int32) >> bit) & 1).bool()
+
+
 def _geglu_fwd_impl(gate_up: torch.Tensor, seed: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
     _geglu_check(gate_up, p)
     if not _geglu_kernels(gate_up):
@@ -1172,7 +1215,7 @@ def _geglu_fwd_impl(gate_up: torch.Tensor, seed: torch.Tensor, p: float) -> tupl
     i = i2 // 2
     h = _empty((n, i), gate_up)
     dropout = p > 0.0
-    mask = torch.empty((n, i) if dropout else (0,), dtype=torch.uint8, device=gate_up.device)
+    mask = torch.empty(_geglu_mask_shape(n, i, p), dtype=torch.uint8, device=gate_up.device)
     if n and i:
         n_cb = triton.cdiv(i, _GEGLU_BLOCK_C)
         grid = (triton.cdiv(n, _GEGLU_BLOCK_R), n_cb)
@@ -1190,16 +1233,21 @@ def _geglu_bwd_impl(dh: torch.Tensor, gate_up: torch.Tensor, mask: torch.Tensor,
     dh = dh.contiguous()
     dgu = _empty((n, i2), gate_up)
     if n and i:
-        block_c = _GEGLU_BLOCK_C // 4
-        grid = (triton.cdiv(n, _GEGLU_BLOCK_R), triton.cdiv(i, block_c))
-        _geglu_bwd_kernel[grid](dh, gate_up, mask, dgu, n, i, 1.0 / (1.0 - p), HAS_DROPOUT=p > 0.0,
-                                BLOCK_R=_GEGLU_BLOCK_R, BLOCK_C=block_c, num_warps=4)
+        n_cb = triton.cdiv(i, _GEGLU_BLOCK_C)
+        grid = (triton.cdiv(n, _GEGLU_BLOCK_R), n_cb)
+        _geglu_bwd_kernel[grid](dh, gate_up, mask, dgu, n, i, n_cb, 1.0 / (1.0 - p), HAS_DROPOUT=p > 0.0,
+                                BLOCK_R=_GEGLU_BLOCK_R, BLOCK_C=_GEGLU_BLOCK_C, num_warps=4)
     return dgu
 
 
 def _geglu_fwd_fake(gate_up, seed, p):
     n, i2 = gate_up.shape
-    mask_shape = (n, i2 // 2) if p > 0.0 else (0,)
+    if p == 0.0:
+        mask_shape = (0,)
+    elif _geglu_kernels(gate_up):
+        mask_shape = _geglu_mask_shape(n, i2 // 2, p)
+    else:
+        mask_shape = (n, i2 // 2)
     return gate_up.new_empty((n, i2 // 2)), gate_up.new_empty(mask_shape, dtype=torch.uint8)
 
 
