@@ -29,8 +29,10 @@ def short(out, cache, **extra):
 
 
 def tree(folder: Path) -> dict:
-    """Every file under ``folder`` with its size and modification time (to show nothing was touched)."""
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    """Every file of the run under ``folder`` with its size and modification time (to show nothing was touched);
+    the run lock, which belongs to the folder rather than to a run, left out."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file() and p.name not in (".run.lock", ".run-holder.json")}
 
 
 # ------------------------------------------------------------------------------------------------ 1. a forgotten --resume
