@@ -234,3 +234,22 @@ def test_resume_path_into_a_new_folder(finished, cache, tmp_path):
     assert tree(finished / "checkpoints")                               # the source run is untouched
     p = run(short(out, cache), resume=str(finished / "checkpoints" / "step_0000004"), check=False)
     assert p.returncode == 2 and "holds another run" in p.stderr, p.stderr[-2000:]   # would mix two runs
+
+
+@pytest.mark.parametrize("damage", ["truncate optimizer.safetensors", "garble model.safetensors",
+                                    "garble trainer_state.json", "delete scheduler.json"])
+def test_damaged_checkpoint_is_a_clear_error(finished, cache, tmp_path, damage):
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    verb, name = damage.split()
+    f = out / "checkpoints" / "step_0000008" / name
+    if verb == "truncate":
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    elif verb == "garble":
+        f.write_bytes(b"{not json or safetensors" + f.read_bytes()[40:])
+    else:
+        f.unlink()
+    p = run(short(out, cache), resume="latest", check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "step_0000008" in p.stderr and "--resume PATH" in p.stderr, p.stderr[-2000:]

@@ -96,7 +96,13 @@ class CheckpointManager:
 
     def check_compatible(self, ckpt: Path, recipe) -> dict:
         """The checkpoint's trainer state, if ``recipe`` defines the same run; a ResumeError naming the fix if not."""
-        state = json.loads((ckpt / STATE_FILE).read_text())
+        try:
+            state = json.loads((ckpt / STATE_FILE).read_text())
+            state["fingerprint"], int(state["step"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ResumeError(f"Cannot resume from {ckpt}: {STATE_FILE} is unreadable ({type(e).__name__}: "
+                              f"{str(e)[:200]}). Pass an earlier checkpoint with --resume PATH, or start over with "
+                              f"--overwrite.") from None
         defaults = _jsonable(type(recipe)().fingerprint())
         diffs = fingerprint_diffs(state["fingerprint"], _jsonable(recipe.fingerprint()), defaults)
         if diffs:

@@ -74,7 +74,7 @@ def load_training_state(folder: Path, model, optimizer, scheduler) -> None:
         meta = json.loads((folder / OPT_META).read_text())
         optimizer.load_state_dict(optimizer_state(load_file(str(folder / OPT_TENSORS)), meta))
         scheduler.load_state_dict(json.loads((folder / SCHEDULER).read_text()))
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except Exception as e:   # OSError, ValueError, KeyError, RuntimeError, safetensors' SafetensorError
         raise ResumeError(f"Cannot resume from {folder}: a file is unreadable or does not match this model "
                           f"({type(e).__name__}: {str(e)[:300]}). Pass an earlier checkpoint with --resume PATH, or "
                           f"start over with --overwrite.") from None
