@@ -7,6 +7,14 @@ setup(
     packages=find_packages(include=["mosaic_bert", "mosaic_bert.*"]),
     package_data={"mosaic_bert.train": ["recipes/*.yaml"]},
     python_requires=">=3.10",
+    entry_points={
+        "console_scripts": [
+            "mosaic-bert-pretrain = mosaic_bert.train.cli:main",
+            "mosaic-bert-train-tokenizer = mosaic_bert.train.cli:train_tokenizer_main",
+            "mosaic-bert-push-to-hub = mosaic_bert.train.cli:push_to_hub_main",
+            "mosaic-bert-glue = mosaic_bert.glue.cli:main",
+        ],
+    },
     install_requires=[
         "torch>=2.4",
         "transformers>=5.17,<6",
