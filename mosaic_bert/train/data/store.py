@@ -114,6 +114,9 @@ def tokenize_documents(docs: Iterable[str], tokenizer, seq_len: int, mode: str, 
     writer = RowWriter(seq_len, pad_id, dtype, with_docs=(mode == "pack"))
     sink = RowPacker(writer) if mode == "pack" else writer
     body, n_docs, batch = seq_len - 2, 0, []
+    # truncate keeps a document's first `body` tokens: the characters past body x 128 (a WordPiece token covers at
+    # most 100 characters of a word plus its spacing) are never used, so a huge one-line file is not tokenized whole
+    cut = body * 128 if mode == "truncate" else None
 
     def encode(batch):
         enc = tokenizer(batch, add_special_tokens=False, truncation=(mode == "truncate"),
@@ -126,7 +129,7 @@ def tokenize_documents(docs: Iterable[str], tokenizer, seq_len: int, mode: str, 
         return sum(1 for t in enc if t)
 
     for d in docs:
-        batch.append(d)
+        batch.append(d[:cut] if cut else d)
         if len(batch) >= batch_docs:
             n_docs, batch = n_docs + encode(batch), []
     if batch:
@@ -216,7 +219,9 @@ def build_or_load_cache(cfg, tokenizer, log=print, is_main: bool = True, default
         raise DataError(f"The training data {files or cfg.hub_name} holds no text documents after reading. Check the "
                         f"file contents and data.format / data.text_column.")
     if valid[0] is None:
-        raise DataError("The held-out split is empty: raise data.valid_fraction, or pass data.valid_files.")
+        raise DataError(f"The held-out split is empty ({train[1]:,} training documents read, data.valid_fraction="
+                        f"{cfg.valid_fraction}): raise data.valid_fraction, pass data.valid_files, or give more "
+                        f"documents (a file with no blank line and a single line is one document).")
     root.mkdir(parents=True, exist_ok=True)
     meta = _write_cache(folder, {"key": key, "key_obj": key_obj, "seq_len": cfg.max_seq_len, "mode": cfg.mode},
                         {"train": train, "valid": valid})
