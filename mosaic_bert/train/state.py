@@ -1,4 +1,4 @@
-"""The training state a checkpoint restores besides model/optimizer/RNG (step, totals seen, loader position), and
+"""The training state a checkpoint restores besides model/optimizer/schedule (step, totals seen, loader position), and
 the callback hook the Trainer calls after every optimizer step."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from .data import TrainLoader
 
 
 class TrainState:
-    """What a checkpoint must restore besides model/optimizer/RNG: the step, the totals seen, the loader position."""
+    """What a checkpoint must restore besides model/optimizer/schedule: the step, the totals seen, the loader position."""
 
     def __init__(self, loader: TrainLoader, total_steps: int):
         self.loader, self.total_steps = loader, total_steps
