@@ -18,6 +18,7 @@ import torch
 from mosaic_bert import BertConfig, BertForMaskedLM
 from mosaic_bert.train.optim import build_optimizer
 from mosaic_bert.train.flops import model_flop_params, peak_flops, step_flops
+from mosaic_bert.train.model import MosaicBertFamily
 
 
 def steady_state(metrics_path, skip_windows=3):
@@ -43,6 +44,8 @@ def parse_args():
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                    help="torch.compile with the unpadding precomputed (bucketed), as the pretraining script does on CUDA")
     return ap.parse_args()
 
 
@@ -60,7 +63,11 @@ def synthetic_batches(a, vocab_size, dev, n=8):
         sel = (torch.rand(a.microbatch, width, device=dev) < a.mlm) & am.bool()
         labels = torch.where(sel, ids, torch.full_like(ids, -100))
         lens_c = lens.long().cpu()
-        batches.append((ids, am, labels, int(am.sum()), int((lens_c * lens_c).sum()), int(sel.sum())))
+        layout = {}
+        if a.compile:  # what the pretraining loader adds on the fast path, moved to the device like a batch
+            layout = {k: v.to(dev) if torch.is_tensor(v) else v
+                      for k, v in MosaicBertFamily.sync_free_layout({"attention_mask": am.cpu(), "labels": labels.cpu()}).items()}
+        batches.append((ids, am, labels, int(am.sum()), int((lens_c * lens_c).sum()), int(sel.sum()), layout))
     return batches
 
 
@@ -69,14 +76,15 @@ def bare_loop(a, cfg, dev) -> dict:
     torch.manual_seed(0)
     model = BertForMaskedLM(cfg).to(dev).train()
     opt = build_optimizer(model, 5e-4, (0.9, 0.98), 1e-6, 1e-5)
+    forward = torch.compile(model) if a.compile else model
     batches = synthetic_batches(a, cfg.vocab_size, dev)
     n_params, hidden, vocab = model_flop_params(model)
 
     def step(i):
         for j in range(a.accum):
-            ids, am, labels, *_ = batches[(i * a.accum + j) % len(batches)]
+            ids, am, labels, *_, layout = batches[(i * a.accum + j) % len(batches)]
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                out = model(input_ids=ids, attention_mask=am, labels=labels)
+                out = forward(input_ids=ids, attention_mask=am, labels=labels, **layout)
             (out.loss / a.accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
         opt.step()
@@ -101,7 +109,7 @@ def bare_loop(a, cfg, dev) -> dict:
     return {"steps": a.steps, "seconds": dt, "tokens_per_s": tokens / dt, "samples_per_s": samples / dt,
             "tflops_per_s": flops / dt / 1e12, "mfu": (flops / dt / peak) if peak else None,
             "max_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None,
-            "microbatch": a.microbatch, "accum": a.accum, "attention_backend": getattr(cfg, "attention_backend", None)}
+            "microbatch": a.microbatch, "accum": a.accum, "compiled": a.compile, "attention_backend": getattr(cfg, "attention_backend", None)}
 
 
 def main():

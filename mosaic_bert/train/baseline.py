@@ -13,6 +13,7 @@ class HFBertFamily:
     reads_document_ids = False  # a 0/1 attention_mask only: no packed rows
     card_tags = "[bert, fill-mask]"
     card_intro = "A BERT (transformers `BertForMaskedLM`) "
+    sync_free_layout = None  # padded inputs only
 
     def build(self, section, tokenizer_len: int, pad_token_id: int):
         import transformers

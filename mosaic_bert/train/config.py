@@ -91,7 +91,8 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata=RUN_DETAIL)
     output_dir: str = field(default="runs/mosaic-bert", metadata=RUN_DETAIL)
     trackers: str = field(default="auto", metadata=RUN_DETAIL)  # auto (tensorboard when installed) | none | comma list
-    compile: bool = field(default=False, metadata=RUN_DETAIL)
+    # auto: torch.compile on CUDA (with bucketed, sync-free inputs for MosaicBERT: the fast path); true | false
+    compile: Any = field(default="auto", metadata=RUN_DETAIL)
     fill_mask_example: Optional[str] = field(default=None, metadata=RUN_DETAIL)
 
 
@@ -283,6 +284,7 @@ def _check_train(t: TrainConfig) -> None:
         v = getattr(t, k)
         _need(v > 0 if low == "> 0" else v >= 0, f"train.{k} must be {low}, got {v}.")
     _need(t.grad_clip_norm is None or t.grad_clip_norm >= 0, "train.grad_clip_norm must be >= 0 or null (no clip).")
+    _need(t.compile in ("auto", True, False), f"train.compile must be auto, true or false, got {t.compile!r}.")
     _need(t.mixed_precision in PRECISIONS, f"train.mixed_precision must be one of {', '.join(PRECISIONS)}, got "
                                            f"{t.mixed_precision!r}.")
     b = t.betas

@@ -49,6 +49,13 @@ class MosaicBertFamily:
         return unpadded_batch_stats(batch)
 
     @staticmethod
+    def sync_free_layout(batch: dict) -> dict:
+        """The unpadding computed in the data loader with bucketed sizes (`bert_padding.bucketed_layout`): the
+        compiled model then sees a few shapes, no data-dependent size and no host sync (the fast path)."""
+        from ..modeling.bert_padding import bucketed_layout
+        return bucketed_layout(batch["attention_mask"], batch["labels"])
+
+    @staticmethod
     def masked_logits(logits, selected):
         return logits  # already (masked positions, vocab)
 

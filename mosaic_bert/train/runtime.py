@@ -98,3 +98,9 @@ def raise_on_every_process(accelerator, error: Optional[Exception]):
         error = getattr(errors, sent[0], errors.MosaicBertError)(sent[1]) if sent else None
     if error is not None:
         raise error
+
+
+def use_compile(setting, device) -> bool:
+    """``train.compile``: true / false, or "auto" = compile on CUDA (the fast path; on the CPU compiling costs more
+    than it saves in a short run)."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)

@@ -26,7 +26,8 @@ from .metrics import Reporter, eval_message
 from .model import model_family
 from .optim import build_training_optimization
 from .runlock import lock_run
-from .runtime import StopOnSignal, build_accelerator, init_trackers, main_process_printer, resolve_precision, seed_microbatch
+from .runtime import (StopOnSignal, build_accelerator, init_trackers, main_process_printer, resolve_precision,
+                      seed_microbatch, use_compile)
 from .state import TrainState
 
 
@@ -72,11 +73,13 @@ class Trainer:
         optimizer, self.scheduler, self.warmup = build_training_optimization(model, t, total)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.checkpoints.track(self.model, self.optimizer, self.scheduler)
-        self.forward = torch.compile(self.model) if t.compile else self.model
+        compiled = use_compile(t.compile, acc.device)
+        self.forward = torch.compile(self.model) if compiled else self.model
         self.masker = MLMMasker.from_tokenizer(data.tokenizer, t.mlm_probability, t.seed)
         self.eval_masker = MLMMasker.from_tokenizer(data.tokenizer, t.eval_mlm_probability, t.seed + 7919)
         self.loader = TrainLoader(data.train, self.masker, self.plan, total, recipe.data.num_workers,
-                                  pin_memory=acc.device.type == "cuda")
+                                  pin_memory=acc.device.type == "cuda",
+                                  layout=self.family.sync_free_layout if compiled else None)
         self.state = TrainState(self.loader, total)
         if ckpt:
             self.checkpoints.load(ckpt)
@@ -106,13 +109,12 @@ class Trainer:
             tokens, attn_sq, head = self.family.batch_stats(batch)
             flops = step_flops(*self.flop_params, tokens, attn_sq, head)
             self.reporter.window.add_microbatch(tokens, batch["input_ids"].shape[0], flops)
-            batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
+            batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             seed_microbatch(self.plan.seed, step, self.plan.micro_index(a))
             sync = a == n - 1 or self.plan.num_processes == 1
             with contextlib.nullcontext() if sync else acc.no_sync(self.model):
                 with acc.autocast():
-                    out = self.forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                       labels=batch["labels"], return_dict=True)
+                    out = self.forward(**batch, return_dict=True)
                 loss = out.loss / n
                 acc.backward(loss)
             step_loss += loss.detach().float()
@@ -142,7 +144,7 @@ class Trainer:
             if n == 0:
                 continue
             with acc.autocast():
-                out = self.forward(**batch, return_dict=True)
+                out = self.model(**batch, return_dict=True)
             correct = (self.family.masked_logits(out.logits, selected).argmax(-1) == batch["labels"][selected]).sum()
             sums += torch.stack([out.loss.double() * n, correct.double(), sums.new_tensor(float(n))])
         loss, correct, n = acc.reduce(sums, reduction="sum").tolist()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -68,9 +68,11 @@ class TrainMicrobatches(torch.utils.data.Dataset):
     """Item i is this process's i-th microbatch from ``start_step`` on (map-style, so DataLoader workers keep order)."""
 
     def __init__(self, split: TokenizedSplit, masker: MLMMasker, plan: BatchPlan, start_step: int, total_steps: int,
-                 trim: bool = True):
+                 trim: bool = True, layout: Optional[Callable[[dict], dict]] = None):
+        """``trim`` cuts padding columns no row uses; ``layout`` adds model inputs computed from the batch (then rows
+        keep their full width: fewer distinct shapes for a compiled model)."""
         self.split, self.masker, self.plan = split, masker, plan
-        self.start, self.total, self.trim = start_step, total_steps, trim
+        self.start, self.total, self.trim, self.layout = start_step, total_steps, trim and layout is None, layout
 
     def __len__(self):
         return max(0, (self.total - self.start) * self.plan.accum)
@@ -79,7 +81,8 @@ class TrainMicrobatches(torch.utils.data.Dataset):
         step, a = self.start + i // self.plan.accum, i % self.plan.accum
         g = self.plan.sample_indices(step, a)
         rows = global_rows(self.plan.seed, len(self.split), g)
-        return make_batch(self.split, rows, g, self.masker, self.trim)
+        batch = make_batch(self.split, rows, g, self.masker, self.trim)
+        return batch if self.layout is None else {**batch, **self.layout(batch)}
 
 
 class TrainLoader:
@@ -87,9 +90,11 @@ class TrainLoader:
     to read) is its state: ``load_state_dict`` before iterating resumes exactly where a checkpoint was written."""
 
     def __init__(self, split: TokenizedSplit, masker: MLMMasker, plan: BatchPlan, total_steps: int,
-                 num_workers: int = 0, pin_memory: bool = False):
+                 num_workers: int = 0, pin_memory: bool = False, layout: Optional[Callable[[dict], dict]] = None):
+        """``layout``: extra model inputs computed from each microbatch in the loader (e.g. the unpadding, so the
+        model never asks the GPU for sizes)."""
         self.split, self.masker, self.plan, self.total_steps = split, masker, plan, total_steps
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.num_workers, self.pin_memory, self.layout = num_workers, pin_memory, layout
         self.step = 0
 
     def state_dict(self) -> dict:
@@ -99,7 +104,8 @@ class TrainLoader:
         self.step = int(state["step"])
 
     def __iter__(self) -> Iterator[tuple[int, list[dict]]]:
-        ds = TrainMicrobatches(self.split, self.masker, self.plan, self.step, self.total_steps)
+        ds = TrainMicrobatches(self.split, self.masker, self.plan, self.step, self.total_steps,
+                               layout=self.layout)
         it = iter(torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.num_workers,
                                               pin_memory=self.pin_memory,
                                               prefetch_factor=4 if self.num_workers > 0 else None))
