@@ -5,7 +5,8 @@
 
 Checks, each printed as PASS/FAIL with its numbers:
   op_*       torch.ops.mosaic_bert.varlen_alibi_attn_fwd_v1/bwd_v1 on CUDA bf16 (the Triton kernels) against the same
-             op's PyTorch math in float64: out, lse, dq, dk, dv; torch.library.opcheck on CUDA.
+             op's PyTorch math in float64: out, lse, dq, dk, dv; torch.library.opcheck on CUDA; the GeGLU + dropout
+             op (geglu_dropout_fwd_v1/bwd_v1) against float64 with its own mask.
   compile_*  torch.compile(model, fullgraph=True) training step (bf16 autocast, attention_backend="triton") against
              eager: loss and every gradient; padded batch with MLM labels, padding-free batch, a second batch shape;
              padding-free inference has no graph break, and runs under CUDA graphs (mode="reduce-overhead").
@@ -112,6 +113,36 @@ def op_opcheck_cuda():
     result = torch.library.opcheck(getattr(torch.ops.mosaic_bert, fa._FWD_OP), (qkv, cu, 64, slopes, 0.125))
     expect(all(v == "SUCCESS" for v in result.values()), result)
     return result
+
+
+@check
+def op_geglu_dropout_matches_float64_bf16():
+    """The GeGLU + dropout op (Triton kernels, packed mask) against float64 autograd with the op's own mask; the
+    kept fraction is 1 - p; opcheck on CUDA."""
+    op = getattr(torch.ops.mosaic_bert, fa._GEGLU_FWD_OP)
+    worst = {}
+    for n, i, p in ((1000, 3072, 0.1), (77, 1030, 0.0), (513, 64, 0.5)):
+        g = torch.Generator().manual_seed(n)
+        x = (torch.randn(n, 2 * i, generator=g) * 2).to(DEV, torch.bfloat16).requires_grad_(True)
+        dh = torch.randn(n, i, generator=g).to(DEV, torch.bfloat16)
+        h, mask = op(x, torch.tensor([n], device=DEV), p)
+        h.backward(dh)
+        x64 = x.detach().double().requires_grad_(True)
+        gate, up = x64.split(i, dim=-1)
+        ref = torch.nn.functional.gelu(gate) * up
+        if p > 0:
+            keep = fa.geglu_keep_mask(mask, n, i)
+            ref = torch.where(keep, ref / (1 - p), 0.0)
+            worst[f"kept_fraction_p{p}"] = keep.float().mean().item()
+        ref.backward(dh.double())
+        worst["h"] = max(worst.get("h", 0.0), rel(h, ref))
+        worst["dgate_up"] = max(worst.get("dgate_up", 0.0), rel(x.grad, x64.grad))
+    expect(worst["h"] < 1e-2 and worst["dgate_up"] < 1e-2, f"relative errors over 1e-2: {worst}")
+    expect(abs(worst["kept_fraction_p0.1"] - 0.9) < 0.01 and abs(worst["kept_fraction_p0.5"] - 0.5) < 0.03, worst)
+    x = torch.randn(64, 256, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    result = torch.library.opcheck(op, (x, torch.tensor([3], device=DEV), 0.2))
+    expect(all(v == "SUCCESS" for v in result.values()), result)
+    return worst
 
 
 # ----------------------------------------------------------------------------------------------------------------------

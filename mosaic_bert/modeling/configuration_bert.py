@@ -27,8 +27,10 @@ class BertConfig(_HFBertConfig):
             errors that name the fix. Free for CPU tensors (always checked); for tensors on an accelerator it costs
             one host sync per forward, which False skips (e.g. a training loop whose collator checks on the CPU).
             Never inside torch.compile/torch.export graphs.
-        fused_geglu (bool): deprecated and ignored (kept so that saved configs load). The GeGLU is plain PyTorch;
-            `torch.compile(model)` fuses it, with the rest of the layer, into a few kernels.
+        fused_geglu (bool): deprecated and ignored (kept so that saved configs load). In training the GeGLU and its
+            dropout are the custom op `torch.ops.mosaic_bert.geglu_dropout_fwd_v1` (Triton kernels on CUDA in
+            fp16/bf16, the same math in PyTorch elsewhere); in eval it is plain PyTorch, which `torch.compile(model)`
+            fuses.
 
     Defaults are mosaic-bert-base's: vocab 30528 (30522 rounded up to a multiple of 64), no attention dropout.
     `max_position_embeddings` is kept for compatibility only; MosaicBERT has no position embeddings.

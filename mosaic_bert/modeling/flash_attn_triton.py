@@ -36,7 +36,11 @@ Forward: one program per (query block, sequence, head); online softmax in the
 log2 domain (``exp2`` with ``log2(e)`` folded into the scale and slopes); the
 log-sum-exp is kept in fp32 for the backward.  Backward: ``delta = rowsum(dO*O)``
 pre-pass, a dK/dV kernel that loops over query blocks and a dQ kernel that loops
-over key blocks (deterministic, no atomics).
+over key blocks (deterministic, no atomics); self-attention whose sequences are
+all at most 128 long runs one fused kernel per (sequence, head) instead.
+
+The file also holds the GeGLU + dropout custom op of the MLP in training
+(:func:`geglu_dropout`, ``torch.ops.mosaic_bert.geglu_dropout_fwd_v1``/``bwd_v1``).
 """
 
 import math

@@ -89,3 +89,27 @@ def test_triton_kernels_in_the_interpreter_match_float64():
     r = subprocess.run([sys.executable, "-c", CHILD_CODE], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0 and "OK" in r.stdout, (r.stdout + r.stderr)[-4000:]
+
+
+def test_training_with_dropout_compiles_in_one_graph_and_the_op_is_in_it():
+    """The op and its seed (torch.randint in the graph) compile with fullgraph; dropout is active (p = 0.1)."""
+    from conftest import tiny_config
+    from mosaic_bert import BertForMaskedLM
+    from mosaic_bert.modeling.bert_padding import bucketed_layout
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(tiny_config(hidden_dropout_prob=0.1, attention_backend="triton")).train()
+    ids = torch.randint(1, 128, (3, 12))
+    mask = (torch.arange(12)[None] < torch.tensor([12, 7, 9])[:, None]).long()
+    labels = torch.where(torch.rand(3, 12) < 0.4, ids, -100) * mask + (-100) * (1 - mask)
+    labels[0, 0] = ids[0, 0]
+    inputs = dict(input_ids=ids * mask, attention_mask=mask, labels=labels, **bucketed_layout(mask, labels))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(**inputs)
+    assert explained.graph_break_count == 0
+    assert any("geglu_dropout_fwd_v1" in str(n.target) for g in explained.graphs for n in g.graph.nodes)
+    torch._dynamo.reset()
+    out = torch.compile(model, backend="inductor", fullgraph=True)(**inputs)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert model.bert.encoder.layer[0].mlp.gated_layers.weight.grad.abs().sum() > 0
