@@ -438,7 +438,9 @@ def cpu_layout(b: dict) -> dict:
 def _hf_bert(kind, tiny):
     import transformers
 
-    cfg = transformers.BertConfig(attn_implementation="sdpa", **(TINY if tiny else dict(vocab_size=30528)))
+    # BERT-base with a 1024-row position table, so the L 1024 cases run (the table is a lookup: no FLOPs change)
+    cfg = transformers.BertConfig(attn_implementation="sdpa",
+                                  **(TINY if tiny else dict(vocab_size=30528, max_position_embeddings=1024)))
     if kind == "train":
         return transformers.BertForMaskedLM(cfg)
     return transformers.BertModel(cfg, add_pooling_layer=False)
@@ -724,11 +726,13 @@ def environment(device: str) -> dict:
             env["nvidia_smi"] = q.stdout.strip().splitlines()[0] if q.returncode == 0 else q.stderr.strip()[:200]
         except (OSError, subprocess.SubprocessError) as e:
             env["nvidia_smi"] = f"unavailable: {e}"
-    try:
-        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                       text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        env["commit"] = None
+    env["commit"] = os.environ.get("MOSAIC_COMMIT")  # set by the caller where the copy's git history is not ours
+    if env["commit"] is None:
+        try:
+            env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                           text=True, timeout=10).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            env["commit"] = None
     return env
 
 
