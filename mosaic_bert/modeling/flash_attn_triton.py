@@ -712,6 +712,24 @@ def _fwd(q, k, v, cu_q, cu_k, max_seqlen_q, max_seqlen_k, sm_scale, causal,
     return out, lse
 
 
+def _bwd_fused(do, q, k, v, out, lse, cu_q, max_seqlen, sm_scale, slopes, stride_slope_b, dq, dk, dv):
+    """Short self-attention (every length <= _FUSED_BWD_MAX_SEQLEN): dQ, dK, dV and delta in one kernel per
+    (sequence, head)."""
+    batch, nheads, d = cu_q.numel() - 1, q.shape[1], q.shape[2]
+    has_alibi = slopes is not None
+    _bwd_fused_kernel[(batch * nheads,)](
+        q, k, v, out, do, dq, dk, dv, lse, slopes if has_alibi else q, cu_q,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+        do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
+        dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+        lse.stride(0), stride_slope_b,
+        nheads, sm_scale * _LOG2E, sm_scale, _seq_bucket(max_seqlen),
+        HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), CAUSAL=False, HAS_ALIBI=has_alibi,
+        INTERPRET=_interpreting(), BLOCK_N=max(16, triton.next_power_of_2(max_seqlen)),
+    )
+
+
 def _bwd(do, q, k, v, out, lse, cu_q, cu_k, max_seqlen_q, max_seqlen_k, sm_scale,
          causal, slopes, stride_slope_b, dq, dk, dv):
     total_q, nheads, d = q.shape
@@ -725,24 +743,11 @@ def _bwd(do, q, k, v, out, lse, cu_q, cu_k, max_seqlen_q, max_seqlen_k, sm_scale
         dk.zero_()
         dv.zero_()
         return
-    # keys of zero-length query sequences, and keys beyond the rows the kernels
-    # visit, get zero gradient: the dK/dV kernel writes every key row whose
-    # sequence has seqlen_k > 0, so only needs zeroing when some seqlen_q == 0
-    # (its loop then simply does not run and writes zeros).  Nothing to do.
+    # keys of zero-length query sequences get zero gradient: the dK/dV kernel writes every key row whose sequence has
+    # seqlen_k > 0 (its loop then does not run and writes zeros), so nothing needs zeroing here.
     if (not causal and cu_q is cu_k and max_seqlen_q == max_seqlen_k
             and 0 < max_seqlen_q <= _FUSED_BWD_MAX_SEQLEN):
-        block_n = max(16, triton.next_power_of_2(max_seqlen_q))
-        _bwd_fused_kernel[(batch * nheads,)](
-            q, k, v, out, do, dq, dk, dv, lse, slopes if has_alibi else q, cu_q,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-            v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-            do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
-            dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-            lse.stride(0), stride_slope_b,
-            nheads, sm_scale * _LOG2E, sm_scale, _seq_bucket(max_seqlen_q),
-            HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=False, HAS_ALIBI=has_alibi,
-            INTERPRET=_interpreting(), BLOCK_N=block_n,
-        )
+        _bwd_fused(do, q, k, v, out, lse, cu_q, max_seqlen_q, sm_scale, slopes, stride_slope_b, dq, dk, dv)
         return
     delta = _empty((nheads, total_q), q, torch.float32)
     pre_block = 64

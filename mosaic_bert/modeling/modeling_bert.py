@@ -583,6 +583,27 @@ class BertPreTrainedModel(PreTrainedModel):
         return (model, info) if want_info else model
 
 
+def _rows_of_positions(indices, positions: torch.Tensor, grid: int, total: int) -> torch.Tensor:
+    """Positions in the padded (batch * seqlen) grid -> rows of the unpadded tokens, in the same (row-major) order.
+    The filler position `grid` (fixed-capacity positions, `bucketed_layout`) maps to some row, loss-free."""
+    if indices is None:
+        return positions.clamp(max=total - 1)
+    row_of = torch.zeros(grid + 1, dtype=torch.long, device=indices.device)
+    row_of = row_of.index_copy(0, indices, torch.arange(total, device=indices.device))
+    return row_of[positions]
+
+
+def _repad(hidden, u, subset_idx, masked_positions, batch: int, seqlen: int, fill: bool) -> torch.Tensor:
+    """The encoder's output in the caller's layout: (n_masked, hidden) at the masked positions (row-major), else
+    (batch, seqlen, hidden) with zeros at padding (or (1, total, hidden) for padding-free inputs)."""
+    if subset_idx is not None:
+        return hidden  # the last layer ran only at the masked rows
+    if masked_positions is not None:
+        grid = pad_input(hidden, u.indices, batch, seqlen, fill).reshape(batch * seqlen, -1)
+        return torch.cat([grid, grid.new_zeros((1, grid.shape[1]))])[masked_positions]
+    return pad_input(hidden, u.indices, batch, seqlen, fill)
+
+
 class BertModel(BertPreTrainedModel):
     """The MosaicBERT encoder. `last_hidden_state` is (batch, seqlen, hidden) with zeros at padding; with
     `masked_positions` (flat row-major positions in the (batch * seqlen) grid) or `masked_tokens_mask` (batch, seqlen)
@@ -609,24 +630,28 @@ class BertModel(BertPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        inputs_embeds=None,
-        output_hidden_states=None,
-        return_dict=None,
-        masked_tokens_mask=None,
-        masked_positions=None,
-        cu_seq_lens_q=None,
-        cu_seq_lens_k=None,
-        max_length_q=None,
-        max_length_k=None,
-        indices=None,
-        **kwargs,
-    ):
+    def _warn_past_alibi_length(self, max_seqlen: int):
+        alibi_size = getattr(self.config, "alibi_starting_size", 512)
+        if not torch.compiler.is_compiling() and max_seqlen > alibi_size:  # eager only: no guard on the length
+            logger.warning_once(
+                f"Input sequences are longer than config.alibi_starting_size={alibi_size}: ALiBi extrapolates beyond "
+                "the trained length. Set config.alibi_starting_size to the length you intend to silence this."
+            )
+
+    def _embed(self, u, input_ids, inputs_embeds, token_type_ids, fill: bool, total: int) -> torch.Tensor:
+        """Embeddings of the real (and filler) tokens only: (total_nnz, hidden)."""
+        flat_ids = gather_tokens(input_ids, u.indices, fill) if input_ids is not None else None
+        flat_embeds = gather_tokens(inputs_embeds, u.indices, fill) if inputs_embeds is not None else None
+        if token_type_ids is not None:
+            flat_types = gather_tokens(token_type_ids, u.indices, fill)
+        else:
+            ref = input_ids if input_ids is not None else inputs_embeds
+            flat_types = torch.zeros(total, dtype=torch.long, device=ref.device)
+        return self.embeddings(flat_ids, flat_types, flat_embeds)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                output_hidden_states=None, return_dict=None, masked_tokens_mask=None, masked_positions=None,
+                cu_seq_lens_q=None, cu_seq_lens_k=None, max_length_q=None, max_length_k=None, indices=None, **kwargs):
         """Padded inputs: `input_ids` (batch, seqlen) with `attention_mask` (0/1 or packed document ids).
         Padding-free inputs (no host sync): `input_ids` (1, total) with `cu_seq_lens_q` (n_seqs + 1,) and
         `max_length_q` (int), transformers' flash-attention kwargs; `position_ids` alone also work (one sync). A
@@ -649,43 +674,19 @@ class BertModel(BertPreTrainedModel):
         total = u.indices.shape[0] if u.indices is not None else batch * seqlen
         _check_values(self.config, input_ids, None if padding_free else attention_mask, token_type_ids,
                       cu_seqlens=cu_given, max_seqlen=u.max_seqlen if cu_given is not None else None, total=total)
-        alibi_size = getattr(self.config, "alibi_starting_size", 512)
-        if not torch.compiler.is_compiling() and u.max_seqlen > alibi_size:  # eager only: no guard on the length
-            logger.warning_once(
-                f"Input sequences are longer than config.alibi_starting_size={alibi_size}: ALiBi extrapolates beyond "
-                "the trained length. Set config.alibi_starting_size to the length you intend to silence this."
-            )
+        self._warn_past_alibi_length(u.max_seqlen)
         fill = indices is not None  # a caller's unpadding may hold filler tokens (index batch * seqlen)
-        flat_ids = gather_tokens(input_ids, u.indices, fill) if input_ids is not None else None
-        flat_embeds = gather_tokens(inputs_embeds, u.indices, fill) if inputs_embeds is not None else None
-        if token_type_ids is not None:
-            flat_types = gather_tokens(token_type_ids, u.indices, fill)
-        else:
-            flat_types = torch.zeros(total, dtype=torch.long, device=ref.device)
-        hidden = self.embeddings(flat_ids, flat_types, flat_embeds)  # (total_nnz, hidden)
+        hidden = self._embed(u, input_ids, inputs_embeds, token_type_ids, fill, total)  # (total_nnz, hidden)
         seqs = Sequences(u.cu_seqlens, u.max_seqlen)
 
         if masked_positions is None and masked_tokens_mask is not None:
             masked_positions = torch.nonzero(masked_tokens_mask.reshape(-1), as_tuple=False).flatten()
         subset_idx = None
         if masked_positions is not None and not output_hidden_states:
-            # positions in the padded grid -> rows of the unpadded tokens, in the same (row-major) order; the filler
-            # position batch * seqlen (fixed-capacity positions, `bucketed_layout`) maps to some row, loss-free
-            if u.indices is None:
-                subset_idx = masked_positions.clamp(max=total - 1)
-            else:
-                row_of = torch.zeros(batch * seqlen + 1, dtype=torch.long, device=u.indices.device)
-                row_of = row_of.index_copy(0, u.indices, torch.arange(total, device=u.indices.device))
-                subset_idx = row_of[masked_positions]
+            subset_idx = _rows_of_positions(u.indices, masked_positions, batch * seqlen, total)
         hidden, all_hidden = self.encoder(hidden, seqs, self._attention_function(hidden), subset_idx, output_hidden_states)
 
-        if subset_idx is not None:
-            sequence_output = hidden  # (n_masked, hidden)
-        elif masked_positions is not None:
-            grid = pad_input(hidden, u.indices, batch, seqlen, fill).reshape(batch * seqlen, -1)
-            sequence_output = torch.cat([grid, grid.new_zeros((1, grid.shape[1]))])[masked_positions]
-        else:
-            sequence_output = pad_input(hidden, u.indices, batch, seqlen, fill)  # (batch, seqlen, hidden)
+        sequence_output = _repad(hidden, u, subset_idx, masked_positions, batch, seqlen, fill)
         pooled_output = None
         if self.pooler is not None and masked_positions is None:
             # the first token of each row; of each sequence for padding-free inputs (n_seqs, hidden)
