@@ -41,3 +41,20 @@ def perturb_(model, seed=0):
             if name.endswith("bias") or "LayerNorm" in name or "layernorm" in name:
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
     return model
+
+
+def ragged_batch(lengths, seed=0, extra_cols=1):
+    """A padded batch of random ids with rows of `lengths` real tokens (+ `extra_cols` padding columns past the
+    longest): ids, 0/1 mask, MLM labels at ~40 % of the real tokens, token types (0 before column 3, 1 after) and
+    cu_seqlens (int32)."""
+    g = torch.Generator().manual_seed(seed)
+    L = max(lengths) + extra_cols
+    ids = torch.zeros(len(lengths), L, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(1, 128, (n,), generator=g)
+        mask[i, :n] = 1
+    labels = torch.where((torch.rand(ids.shape, generator=g) < 0.4) & mask.bool(), ids, -100)
+    types = (torch.arange(L)[None] >= 3).long() * mask
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+    return ids, mask, labels, types, cu

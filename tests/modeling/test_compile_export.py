@@ -10,21 +10,13 @@ of real / labelled tokens), which fullgraph compilation captures with
 import pytest
 import torch
 
-from conftest import perturb_, tiny_config
+from conftest import perturb_, ragged_batch, tiny_config
 from mosaic_bert import BertForMaskedLM, BertForSequenceClassification, BertModel
 
 
 def _batch(lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    L = max(lengths) + 1
-    ids = torch.zeros(len(lengths), L, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, n in enumerate(lengths):
-        ids[i, :n] = torch.randint(1, 128, (n,), generator=g)
-        mask[i, :n] = 1
-    labels = torch.where((torch.rand(ids.shape, generator=g) < 0.4) & mask.bool(), ids, -100)
+    ids, mask, labels, _, cu = ragged_batch(lengths, seed, extra_cols=1)
     labels[0, 0] = ids[0, 0]
-    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
     return ids, mask, labels, cu
 
 

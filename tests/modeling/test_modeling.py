@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from conftest import FIXTURES, ORIGINAL_TINY, perturb_, tiny_config
+from conftest import FIXTURES, ORIGINAL_TINY, perturb_, ragged_batch, tiny_config
 from mosaic_bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
 from mosaic_bert.modeling.modeling_bert import Sequences, alibi_slopes_list, torch_attention
 
@@ -181,17 +181,7 @@ def test_interleaved_documents_with_labels_keep_row_major_order():
 
 
 def _ragged_batch(lengths, seed=4):
-    g = torch.Generator().manual_seed(seed)
-    L = max(lengths) + 2
-    ids = torch.zeros(len(lengths), L, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, n in enumerate(lengths):
-        ids[i, :n] = torch.randint(1, 128, (n,), generator=g)
-        mask[i, :n] = 1
-    labels = torch.where((torch.rand(ids.shape, generator=g) < 0.4) & mask.bool(), ids, -100)
-    types = (torch.arange(L)[None] >= 3).long() * mask
-    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
-    return ids, mask, labels, types, cu
+    return ragged_batch(lengths, seed, extra_cols=2)
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "eager", "triton"])
