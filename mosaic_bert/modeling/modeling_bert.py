@@ -447,7 +447,9 @@ def _check_values(config, input_ids=None, attention_mask=None, token_type_ids=No
     if token_type_ids is not None and token_type_ids.numel():
         probes["tt_lo"], probes["tt_hi"] = token_type_ids.min(), token_type_ids.max()
     if attention_mask is not None and attention_mask.numel():
-        probes["mask_lo"] = attention_mask.min()
+        probes["mask_lo"], probes["mask_hi"] = attention_mask.min(), attention_mask.max()
+        if attention_mask.is_floating_point():
+            probes["mask_fraction"] = (attention_mask != attention_mask.round()).any()
         if labels is not None:
             probes["labels_at_pad"] = ((labels != -100) & (attention_mask == 0)).any()
     if cu_seqlens is not None:
@@ -470,8 +472,13 @@ def _check_values(config, input_ids=None, attention_mask=None, token_type_ids=No
             f"token_type_ids hold values in [{v['tt_lo']}, {v['tt_hi']}] but type_vocab_size is "
             f"{config.type_vocab_size}; segment ids must be 0 .. type_vocab_size - 1."
         )
-    if v.get("mask_lo", 0) < 0:
-        raise ValueError("attention_mask must be 0 (padding), 1 (token), or document ids >= 1 for packed rows.")
+    if v.get("mask_lo", 0) < 0 or v.get("mask_fraction", 0):
+        raise ValueError("attention_mask must be 0 (padding), 1 (token), or document ids >= 1 for packed rows; it holds "
+                         "negative or fractional values (an additive mask such as 0 / -10000 or a soft mask?). Pass "
+                         "the tokenizer's 0/1 attention_mask.")
+    if v.get("mask_hi", 1) == 0:
+        raise ValueError("attention_mask is 0 everywhere, i.e. no token is attended (an additive mask, where 0 means "
+                         "keep?). Pass the tokenizer's 0/1 attention_mask (1 = token, 0 = padding).")
     if v.get("labels_at_pad", 0):
         raise ValueError("labels mark padding positions (attention_mask == 0); set them to -100.")
     if "cu_first" in v and (v["cu_first"] != 0 or v["cu_last"] != total or v.get("len_lo", 0) < 0):

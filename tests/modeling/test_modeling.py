@@ -385,6 +385,24 @@ def test_bad_inputs_raise_clear_errors():
         BertConfig(attention_backend="cuda")
 
 
+
+def test_masks_that_would_be_misread_are_refused():
+    """Issue 16 item 5: a soft mask (0.5) used to become padding and an HF-style additive mask (0 / -10000) with no
+    padding used to mean "all padding" -> all-zero outputs, silently. Both are refused; 0/1 masks of any dtype work."""
+    model = _tiny_mlm().eval()
+    ids = torch.randint(1, 128, (2, 5))
+    ref = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    for dtype in (torch.long, torch.bool, torch.float32, torch.int32):
+        assert torch.allclose(model(input_ids=ids, attention_mask=torch.ones(2, 5, dtype=dtype)).logits, ref)
+    soft = torch.ones(2, 5)
+    soft[0, 2] = 0.5
+    additive_with_padding = torch.zeros(2, 5)
+    additive_with_padding[1, -1] = -10000.0
+    for bad, needle in ((soft, "fractional"), (additive_with_padding, "additive"), (torch.zeros(2, 5), "0 everywhere")):
+        with pytest.raises(ValueError, match=needle):
+            model(input_ids=ids, attention_mask=bad)
+
+
 def test_loading_a_mismatched_checkpoint_names_the_keys(tmp_path):
     import transformers
 
