@@ -436,11 +436,8 @@ def _value_checks_wanted(config, tensors) -> bool:
     return bool(getattr(config, "check_inputs", True))
 
 
-def _check_values(config, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, cu_seqlens=None,
-                  max_seqlen=None, total=None):
-    """Range checks on the values, all read with one host transfer."""
-    if not _value_checks_wanted(config, (input_ids, attention_mask, token_type_ids, labels, cu_seqlens)):
-        return
+def _value_probes(input_ids, attention_mask, token_type_ids, labels, cu_seqlens) -> dict:
+    """The scalars the value checks need, still on the inputs' device (read back together, once)."""
     probes = {}
     if input_ids is not None and input_ids.numel():
         probes["ids_lo"], probes["ids_hi"] = input_ids.min(), input_ids.max()
@@ -452,11 +449,23 @@ def _check_values(config, input_ids=None, attention_mask=None, token_type_ids=No
             probes["mask_fraction"] = (attention_mask != attention_mask.round()).any()
         if labels is not None:
             probes["labels_at_pad"] = ((labels != -100) & (attention_mask == 0)).any()
+    if labels is not None and labels.numel():
+        probes["labels_hi"] = labels.max()
+        probes["labels_lo"] = torch.where(labels == -100, 0, labels).min()
     if cu_seqlens is not None:
         lens = cu_seqlens[1:] - cu_seqlens[:-1]
         probes["cu_first"], probes["cu_last"] = cu_seqlens[0], cu_seqlens[-1]
         if lens.numel():
             probes["len_lo"], probes["len_hi"] = lens.min(), lens.max()
+    return probes
+
+
+def _check_values(config, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, cu_seqlens=None,
+                  max_seqlen=None, total=None):
+    """Range checks on the values, all read with one host transfer."""
+    if not _value_checks_wanted(config, (input_ids, attention_mask, token_type_ids, labels, cu_seqlens)):
+        return
+    probes = _value_probes(input_ids, attention_mask, token_type_ids, labels, cu_seqlens)
     if not probes:
         return
     device = next(iter(probes.values())).device
@@ -479,6 +488,11 @@ def _check_values(config, input_ids=None, attention_mask=None, token_type_ids=No
     if v.get("mask_hi", 1) == 0:
         raise ValueError("attention_mask is 0 everywhere, i.e. no token is attended (an additive mask, where 0 means "
                          "keep?). Pass the tokenizer's 0/1 attention_mask (1 = token, 0 = padding).")
+    if "labels_hi" in v and (v["labels_lo"] < 0 or v["labels_hi"] >= config.vocab_size):
+        raise ValueError(
+            f"labels hold values in [{v['labels_lo']}, {v['labels_hi']}] besides -100, but vocab_size is "
+            f"{config.vocab_size}: MLM labels are token ids of the model's tokenizer, and -100 where no loss is wanted."
+        )
     if v.get("labels_at_pad", 0):
         raise ValueError("labels mark padding positions (attention_mask == 0); set them to -100.")
     if "cu_first" in v and (v["cu_first"] != 0 or v["cu_last"] != total or v.get("len_lo", 0) < 0):
@@ -786,6 +800,16 @@ class BertForMaskedLM(BertPreTrainedModel):
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
+def _check_class_ids(config, labels: torch.Tensor):
+    """Class ids must lie in [0, num_labels) (-100 = ignore); checked where it costs no GPU sync (see check_inputs)."""
+    if not _value_checks_wanted(config, (labels,)) or not labels.numel():
+        return
+    lo, hi = torch.stack([torch.where(labels == -100, 0, labels).min(), labels.max()]).tolist()
+    if lo < 0 or hi >= config.num_labels:
+        raise ValueError(f"labels hold class ids in [{lo}, {hi}] but the classifier has num_labels={config.num_labels}; "
+                         f"load the model with num_labels={hi + 1} (or map the labels to 0 .. num_labels - 1).")
+
+
 class BertForSequenceClassification(BertPreTrainedModel):
     """MosaicBERT with a pooler and a classifier; the loss follows transformers' `problem_type` rules
     (regression for num_labels == 1, single-label for integer labels, multi-label otherwise)."""
@@ -837,6 +861,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
                     F.mse_loss(logits.float(), labels.float())
                 )
             elif self.config.problem_type == "single_label_classification":
+                _check_class_ids(self.config, labels)
                 loss = F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1))
             else:
                 loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())

@@ -386,6 +386,22 @@ def test_bad_inputs_raise_clear_errors():
 
 
 
+def test_label_ids_out_of_range_name_the_fix():
+    """Issue 16: MLM labels >= vocab_size and class ids >= num_labels used to end in an IndexError from the loss."""
+    ids = torch.randint(1, 128, (2, 5))
+    mlm = _tiny_mlm()
+    for bad in (torch.full_like(ids, 500), torch.full_like(ids, -3)):
+        with pytest.raises(ValueError, match="vocab_size is 128"):
+            mlm(input_ids=ids, labels=bad)
+    ok = torch.full_like(ids, -100)
+    ok[0, 1] = 127
+    assert torch.isfinite(mlm(input_ids=ids, labels=ok).loss)
+    clf = BertForSequenceClassification(tiny_config(num_labels=3))
+    with pytest.raises(ValueError, match="num_labels=3"):
+        clf(input_ids=ids, labels=torch.tensor([0, 3]))
+    assert torch.isfinite(clf(input_ids=ids, labels=torch.tensor([0, 2])).loss)
+
+
 def test_masks_that_would_be_misread_are_refused():
     """Issue 16 item 5: a soft mask (0.5) used to become padding and an HF-style additive mask (0 / -10000) with no
     padding used to mean "all padding" -> all-zero outputs, silently. Both are refused; 0/1 masks of any dtype work."""
