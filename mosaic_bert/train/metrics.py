@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -51,8 +52,23 @@ class ThroughputWindow:
         self.restart_clock()
 
     def restart_clock(self):
-        """Leave evaluation and checkpointing out of the throughput."""
         self.t0 = time.perf_counter()
+        self.paused_at = None
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Leave evaluation and checkpointing out of the throughput and of the training clock."""
+        self.paused_at = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t0 += time.perf_counter() - self.paused_at
+            self.paused_at = None
+
+    def elapsed(self) -> float:
+        """Training seconds so far (pauses left out): the clock of loss-vs-time curves."""
+        now = self.paused_at if self.paused_at is not None else time.perf_counter()
+        return self.train_time + (now - self.t0)
 
     def add_microbatch(self, tokens: int, samples: int, flops: float):
         self.tokens, self.samples, self.flops = self.tokens + tokens, self.samples + samples, self.flops + flops

@@ -153,7 +153,7 @@ class Trainer:
             self.say(f"[pretrain] step {self.state.step}: the held-out batches hold no masked token; nothing recorded")
             return None
         rec = {"step": self.state.step, "eval_loss": loss / max(n, 1.0), "eval_accuracy": correct / max(n, 1.0),
-               "eval_masked_tokens": int(n)}
+               "eval_masked_tokens": int(n), "train_seconds": self.reporter.window.elapsed() if self.state.step else 0.0}
         self.reporter.record(rec, eval_message(rec))
         return rec
 
@@ -180,8 +180,8 @@ class Trainer:
                 self.reporter.step_done(state, lr, report=due(t.log_interval))
                 for verb, every in ((self.evaluate, t.eval_interval), (self.save, t.checkpoint_interval)):
                     if due(every):
-                        verb()
-                        self.reporter.window.restart_clock()
+                        with self.reporter.window.paused():
+                            verb()
                 for cb in self.callbacks:
                     cb.on_step_end(self)
                 if stop.requested(self.acc) and state.step < state.total_steps:
