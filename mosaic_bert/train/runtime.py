@@ -22,12 +22,50 @@ def resolve_precision(mixed_precision: str) -> str:
     return mixed_precision
 
 
+WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+HOW_TO_LAUNCH_ON_CPU = ("on a machine without GPUs, start N CPU processes (gloo) with `accelerate launch --multi_gpu "
+                        "--num_processes N scripts/pretrain.py ...` or `torchrun --nproc_per_node N scripts/pretrain.py "
+                        "...`")
+
+
+def launched_world_size() -> int:
+    """How many processes the launcher started (torchrun / ``accelerate launch --multi_gpu`` / mpirun), 1 if none."""
+    for var in WORLD_SIZE_VARS:
+        if os.environ.get(var, "").strip():
+            return int(os.environ[var])
+    return 1
+
+
+def check_launch():
+    """Refuse a launch that would not train as the user asked. ``accelerate launch --num_processes N`` (N > 1) without
+    ``--multi_gpu`` (with or without ``--cpu``) starts ONE process: Accelerate's simple launcher then sets
+    MASTER_ADDR/MASTER_PORT for the group it expected but no world size."""
+    if (os.environ.get("ACCELERATE_USE_CPU") is not None and os.environ.get("MASTER_ADDR")
+            and launched_world_size() == 1 and "LOCAL_RANK" not in os.environ):
+        raise errors.RecipeError(
+            "`accelerate launch --num_processes N` without `--multi_gpu` started a single process, not N: Accelerate "
+            "runs several processes of one machine only through `--multi_gpu` (or mpirun). To train on several "
+            f"processes, {HOW_TO_LAUNCH_ON_CPU}; for one process, drop --num_processes (or pass --num_processes 1).")
+
+
 def build_accelerator(train_cfg):
-    """An Accelerator for the train section (precision, trackers, project folder = output_dir)."""
+    """An Accelerator for the train section (precision, trackers, project folder = output_dir). Launched as several
+    processes on a machine without CUDA, the processes form one gloo group on the CPU (Accelerate left alone would
+    make each of them an independent one-process run writing the same folder)."""
     from accelerate import Accelerator
+    check_launch()
+    world = launched_world_size()
+    cpu_group = world > 1 and not torch.cuda.is_available()
     trackers = resolve_trackers(train_cfg.trackers)
-    return Accelerator(mixed_precision=resolve_precision(train_cfg.mixed_precision), log_with=trackers or None,
-                       project_dir=str(train_cfg.output_dir))
+    acc = Accelerator(mixed_precision=resolve_precision(train_cfg.mixed_precision), log_with=trackers or None,
+                      project_dir=str(train_cfg.output_dir), cpu=cpu_group)
+    if acc.num_processes != world:
+        raise errors.RecipeError(
+            f"the launcher started {world} processes but they did not form one group (Accelerate sees "
+            f"{acc.num_processes}): each would train alone and write the same output folder. On GPUs, launch with one "
+            f"process per GPU; {HOW_TO_LAUNCH_ON_CPU}.")
+    return acc
 
 
 def init_trackers(accelerator, recipe):

@@ -97,21 +97,53 @@ def test_kill_9_and_resume_is_exact(straight):
     assert [c.name for c in (out2 / "checkpoints").iterdir() if c.name.startswith("step_")] == ["step_0000004"]
     run(tiny_args(out2, base / "cache"), resume="latest")
     (tr1, ev1), (tr2, ev2) = losses(out), losses(out2)
-    assert [s for s, _ in tr2] == list(range(1, 13))
-    for (s1, a), (s2, b) in zip(tr1 + ev1, tr2 + ev2):
+    assert [s for s, _ in tr2] == [s for s, _ in tr1] == list(range(1, 13))
+    assert [s for s, _ in ev2] == [s for s, _ in ev1] == [0, 6, 12]   # no evaluation lost or repeated by the resume
+    for (s1, a), (s2, b) in zip(tr1 + ev1, tr2 + ev2, strict=True):
         assert s1 == s2 and a == pytest.approx(b, rel=1e-6, abs=1e-6), (s1, a, b)
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_launcher(*flags):
+    return [sys.executable, "-m", "accelerate.commands.launch", *flags, "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+
+
 def test_two_processes_match_one(straight):
+    """Two real CPU processes (gloo; `accelerate launch --multi_gpu` on a machine without GPUs) with the same global
+    batch train exactly as one process: same losses step by step, same held-out losses, same final weights. Dropout
+    is on (0.1), so each microbatch must draw the same dropout masks on whichever rank it lands."""
+    import torch
+    from safetensors.torch import load_file
     base, out = straight
     out3 = base / "ddp"
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]
-    run(tiny_args(out3, base / "cache"), launcher=launcher)
+    p = run(tiny_args(out3, base / "cache"), launcher=accelerate_launcher("--multi_gpu", "--num_processes", "2"))
+    summary = json.loads((out3 / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and "x accumulation 1 x 2 process(es)" in p.stdout, p.stdout[-2000:]
+    assert json.loads((out / "summary.json").read_text())["num_processes"] == 1
     (tr1, ev1), (tr2, ev2) = losses(out), losses(out3)
-    assert len(tr2) == 12 and len(ev2) == 3
-    for (s1, a), (s2, b) in zip(tr1 + ev1, tr2 + ev2):
-        assert s1 == s2 and a == pytest.approx(b, rel=2e-4, abs=2e-4), (s1, a, b)
+    assert [s for s, _ in tr2] == list(range(1, 13)) and [s for s, _ in ev2] == [0, 6, 12]
+    for (s1, a), (s2, b) in zip(tr1 + ev1, tr2 + ev2, strict=True):
+        assert s1 == s2 and a == pytest.approx(b, rel=1e-6, abs=1e-7), (s1, a, b)   # observed: 4e-8 relative
+    w1, w2 = load_file(out / "model.safetensors"), load_file(out3 / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], rtol=1e-5, atol=1e-6), (k,   # observed: bitwise equal
+                                                                       (w1[k] - w2[k]).abs().max().item())
+
+
+def test_accelerate_cpu_launch_of_n_processes_is_refused(tmp_path):
+    """`accelerate launch --cpu --num_processes 2` starts one process: refused with the command that starts two."""
+    p = run(tiny_args(tmp_path / "o", tmp_path / "cache"), check=False,
+            launcher=accelerate_launcher("--cpu", "--num_processes", "2"))
+    assert p.returncode != 0 and "started a single process" in p.stderr and "--multi_gpu" in p.stderr, p.stderr[-2000:]
+    assert not (tmp_path / "cache").exists()   # refused before any work
 
 
 def test_loads_as_remote_code_without_the_package(straight, tmp_path):
