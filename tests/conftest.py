@@ -7,7 +7,8 @@ import pytest
 import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
-ORIGINAL_TINY = FIXTURES / "original_tiny"
+ORIGINAL_TINY = FIXTURES / "original_tiny"          # the original implementation's tensors at init scale
+ORIGINAL_SCALED = FIXTURES / "original_scaled"      # ... with weights at init range 0.2 (O(1) activations, all grads)
 BERT_TOKENIZER = FIXTURES / "bert-base-uncased"
 
 # Keep the CPU suite predictable on small machines.
