@@ -26,6 +26,7 @@ Parameter names follow the original MosaicBERT checkpoints (`bert.encoder.layer.
 
 import functools
 import math
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import AttentionInterface
 from transformers.modeling_outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     MaskedLMOutput,
@@ -141,14 +143,21 @@ def _unpad_heads(out: torch.Tensor, pad_index: torch.Tensor) -> torch.Tensor:
     return index_first_axis(out.transpose(1, 2).reshape(n * L, h, d), pad_index)
 
 
-def eager_attention(qkv, seqs: Sequences, slopes, dropout_p: float) -> torch.Tensor:
-    """Plain matmul-softmax in fp32, with the ALiBi bias and padding masking; supports attention dropout."""
+def eager_attention_with_probs(qkv, seqs: Sequences, slopes, dropout_p: float):
+    """Plain matmul-softmax in fp32, with the ALiBi bias and padding masking; supports attention dropout.
+    Returns the output (total_nnz, n_heads, head_dim) and the attention probabilities after dropout
+    (n_seqs, n_heads, max_seqlen, max_seqlen), zero at padding keys."""
     q, k, v, pad_index, key_valid = _padded_qkv(qkv, seqs)
     bias = alibi_bias(slopes, seqs.max_seqlen)[None].masked_fill(~key_valid[:, None, None, :], float("-inf"))
     scores = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1]) + bias
     probs = torch.softmax(scores, dim=-1)
     probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0).to(v.dtype)
-    return _unpad_heads(torch.matmul(probs, v), pad_index)
+    return _unpad_heads(torch.matmul(probs, v), pad_index), probs
+
+
+def eager_attention(qkv, seqs: Sequences, slopes, dropout_p: float) -> torch.Tensor:
+    """`eager_attention_with_probs` without the probabilities."""
+    return eager_attention_with_probs(qkv, seqs, slopes, dropout_p)[0]
 
 
 def sdpa_attention(qkv, seqs: Sequences, slopes, dropout_p: float) -> torch.Tensor:
@@ -181,6 +190,36 @@ ATTENTION_FUNCTIONS = {
 }
 
 
+# transformers' `attn_implementation` names -> our backends (`config.attention_backend`, the keys above). Standard
+# names where transformers has one; the Triton kernel and the automatic choice have their own, registered with
+# transformers' AttentionInterface so that its checks accept them.
+ATTN_IMPLEMENTATIONS = {
+    "mosaic_auto": "auto",
+    "mosaic_triton": "triton",
+    "flash_attention_2": "flash_attn",
+    "sdpa": "sdpa",
+    "eager": "eager",
+}
+BACKEND_ATTN_IMPLEMENTATION = {backend: name for name, backend in ATTN_IMPLEMENTATIONS.items()}
+
+
+def _mosaic_only(name: str):
+    """The function registered under `name` in transformers' AttentionInterface. MosaicBERT calls its own table; a
+    model built on transformers' attention interface that is given this name gets an error saying so."""
+
+    def attention(module, *args, **kwargs):
+        raise ValueError(
+            f"attn_implementation={name!r} is MosaicBERT's attention (ALiBi on unpadded tokens) and only MosaicBERT "
+            f"models can use it; load {type(module).__name__} with attn_implementation='sdpa' or 'eager'."
+        )
+
+    return attention
+
+
+for _name in ("mosaic_auto", "mosaic_triton"):
+    AttentionInterface.register(_name, _mosaic_only(_name))
+
+
 def torch_attention(qkv, seqs: Sequences, slopes, dropout_p: float, backend: str = "sdpa") -> torch.Tensor:
     """The PyTorch attention paths by name ("sdpa" or "eager"), kept for callers of the earlier API."""
     return ATTENTION_FUNCTIONS[backend](qkv, seqs, slopes, dropout_p)
@@ -191,7 +230,8 @@ def resolve_attention_backend(config, device: torch.device, dtype: torch.dtype, 
     (the autocast dtype when autocast is on) and whether attention dropout is active. "auto": the Triton kernel on
     CUDA in fp16/bf16 without attention dropout, else flash-attn 2 if installed, else SDPA. An explicit "triton" runs
     anywhere (its op falls back to the same math in PyTorch off CUDA or in fp32), but has no attention dropout: with
-    dropout active it falls back to SDPA with a one-time warning."""
+    dropout active it falls back to SDPA with a one-time warning. `config.attention_backend` is the one setting read
+    here; transformers' `attn_implementation=` and `set_attn_implementation` write it (`ATTN_IMPLEMENTATIONS`)."""
     backend = getattr(config, "attention_backend", "auto") or "auto"
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"config.attention_backend={backend!r} is not one of {ATTENTION_BACKENDS}")
@@ -354,15 +394,19 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
 
-    def forward(self, hidden_states, seqs: Sequences, attention_fn, subset_idx=None, output_hidden_states=False):
-        """(total_nnz, hidden) -> (total_nnz or n_subset, hidden), and every layer's input if asked.
+    def forward(self, hidden_states, seqs: Sequences, attention_fn, subset_idx=None, grid=None):
+        """(total_nnz, hidden) -> (total_nnz or n_subset, hidden), and with `grid` (a `TokenGrid`) every layer's
+        input and the last output in the caller's layout. Each layer then reads its input back from that tensor, so
+        the returned hidden states lie on the autograd path to the outputs (`.retain_grad()` on them works).
         With `subset_idx`, the last layer computes its outputs only at those tokens (attention still sees all)."""
-        all_hidden = [hidden_states] if output_hidden_states else None
+        all_hidden = [] if grid is not None else None
         last = len(self.layer) - 1
         for i, layer in enumerate(self.layer):
+            if grid is not None:
+                hidden_states = grid.through(hidden_states, all_hidden)
             hidden_states = layer(hidden_states, seqs, attention_fn, subset_idx if i == last else None)
-            if output_hidden_states:
-                all_hidden.append(hidden_states)
+        if grid is not None:
+            hidden_states = grid.through(hidden_states, all_hidden)
         return hidden_states, all_hidden
 
 
@@ -569,6 +613,38 @@ class BertPreTrainedModel(PreTrainedModel):
     base_model_prefix = "bert"
     supports_gradient_checkpointing = True
     _no_split_modules = ["BertEmbeddings", "BertLayer"]
+    # transformers' attention switch (`attn_implementation=`, `set_attn_implementation`): the names in
+    # ATTN_IMPLEMENTATIONS. Not `_supports_attention_backend`: attention runs on our table, not on transformers' kernels.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    def get_correct_attn_implementation(self, requested_attention, is_init_check: bool = False) -> str:
+        """transformers' check of an `attn_implementation` name, for our names (`ATTN_IMPLEMENTATIONS`). Nothing
+        requested: the name of the saved `config.attention_backend` ("mosaic_auto" by default: Triton on CUDA). The
+        accepted name is written to `config.attention_backend`, the one setting the forward reads."""
+        name = requested_attention
+        if name is None:
+            name = BACKEND_ATTN_IMPLEMENTATION[getattr(self.config, "attention_backend", "auto") or "auto"]
+        if name not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attn_implementation={name!r} is not available for MosaicBERT (ALiBi attention on unpadded tokens); "
+                f"use one of {list(ATTN_IMPLEMENTATIONS)} (mosaic_auto, the default, picks the fastest that applies)."
+            )
+        if name == "flash_attention_2":
+            self._flash_attn_can_dispatch(flash_attn_version=2, is_init_check=is_init_check)
+        self.config.attention_backend = ATTN_IMPLEMENTATIONS[name]
+        return name
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """`set_attn_implementation` works: every forward reads the choice from the config."""
+        return True
+
+    def set_attn_implementation(self, attn_implementation, *args, **kwargs):
+        """As transformers'; afterwards `config.attention_backend` names the same implementation, even if it had
+        been edited by hand since the last switch."""
+        super().set_attn_implementation(attn_implementation, *args, **kwargs)
+        self.config.attention_backend = ATTN_IMPLEMENTATIONS[self.config._attn_implementation]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -614,15 +690,68 @@ def _rows_of_positions(indices, positions: torch.Tensor, grid: int, total: int) 
     return row_of[positions]
 
 
-def _repad(hidden, u, subset_idx, masked_positions, batch: int, seqlen: int, fill: bool) -> torch.Tensor:
+class TokenGrid(NamedTuple):
+    """The caller's (batch, seqlen) layout of the unpadded tokens (`indices` None: every position is a token; `fill`:
+    filler tokens at index batch * seqlen, dropped from outputs)."""
+
+    indices: Optional[torch.Tensor]
+    batch: int
+    seqlen: int
+    fill: bool
+
+    def pad(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(total_nnz, ...) -> (batch, seqlen, ...) with zeros at padding."""
+        return pad_input(hidden, self.indices, self.batch, self.seqlen, self.fill)
+
+    def through(self, hidden: torch.Tensor, sink: list) -> torch.Tensor:
+        """Pad `hidden`, keep the padded tensor in `sink`, and return the tokens read back from it (total_nnz, ...):
+        the same values (filler tokens read zeros), computed from the kept tensor."""
+        padded = self.pad(hidden)
+        sink.append(padded)
+        return gather_tokens(padded, self.indices, self.fill)
+
+
+def _repad(hidden, grid: TokenGrid, subset_idx, masked_positions, last_padded=None) -> torch.Tensor:
     """The encoder's output in the caller's layout: (n_masked, hidden) at the masked positions (row-major), else
-    (batch, seqlen, hidden) with zeros at padding (or (1, total, hidden) for padding-free inputs)."""
+    (batch, seqlen, hidden) with zeros at padding (or (1, total, hidden) for padding-free inputs). `last_padded`: the
+    last layer's output already padded (the last of the returned hidden states), used as is."""
     if subset_idx is not None:
         return hidden  # the last layer ran only at the masked rows
+    padded = grid.pad(hidden) if last_padded is None else last_padded
     if masked_positions is not None:
-        grid = pad_input(hidden, u.indices, batch, seqlen, fill).reshape(batch * seqlen, -1)
-        return torch.cat([grid, grid.new_zeros((1, grid.shape[1]))])[masked_positions]
-    return pad_input(hidden, u.indices, batch, seqlen, fill)
+        flat = padded.reshape(grid.batch * grid.seqlen, -1)
+        return torch.cat([flat, flat.new_zeros((1, flat.shape[1]))])[masked_positions]
+    return padded
+
+
+def attention_grid(probs: torch.Tensor, seqs: Sequences, grid: TokenGrid, total: int) -> torch.Tensor:
+    """Attention probabilities per sequence (n_seqs, n_heads, max_seqlen, max_seqlen) -> the caller's layout
+    (batch, n_heads, seqlen, seqlen): each (query, key) pair of a sequence at its positions in its row, zero between
+    tokens of different sequences (padding, other documents of a packed row)."""
+    n, heads, L, _ = probs.shape
+    pad_index, _ = seqs.padded_layout(total)
+    positions = grid.indices if grid.indices is not None else torch.arange(total, device=probs.device)
+    slot = torch.full((n * L,), -1, dtype=torch.long, device=probs.device)
+    slot = slot.index_copy(0, pad_index, positions).view(n, L)  # grid position of each (sequence, offset), -1: none
+    valid = slot >= 0
+    pair = valid[:, :, None] & valid[:, None, :]  # (n, L, L)
+    row, col = slot // grid.seqlen, slot % grid.seqlen
+    target = (row[:, :, None] * grid.seqlen + col[:, :, None]) * grid.seqlen + col[:, None, :]  # (n, L, L)
+    values = probs.permute(0, 2, 3, 1)[pair]  # (n_pairs, n_heads)
+    size = (grid.batch + 1) * grid.seqlen * grid.seqlen  # one extra row: filler tokens (index batch * seqlen)
+    out = index_put_first_axis(values, target[pair], size)[: grid.batch * grid.seqlen * grid.seqlen]
+    return out.view(grid.batch, grid.seqlen, grid.seqlen, heads).permute(0, 3, 1, 2)
+
+
+def recording_eager_attention(sink: list):
+    """The eager attention function, appending each call's probabilities (n_seqs, n_heads, L, L) to `sink`."""
+
+    def attention(qkv, seqs: Sequences, slopes, dropout_p: float) -> torch.Tensor:
+        out, probs = eager_attention_with_probs(qkv, seqs, slopes, dropout_p)
+        sink.append(probs)
+        return out
+
+    return attention
 
 
 class BertModel(BertPreTrainedModel):
@@ -640,13 +769,22 @@ class BertModel(BertPreTrainedModel):
     def get_input_embeddings(self):
         return self.embeddings.word_embeddings
 
-    def _attention_function(self, hidden: torch.Tensor):
+    def _attention_function(self, hidden: torch.Tensor, probs_sink: Optional[list]):
         """The attention implementation for every layer of this forward: it depends on the device, the activation
-        dtype and whether attention dropout is active, which are known only here (autocast is a runtime setting)."""
+        dtype and whether attention dropout is active, which are known only here (autocast is a runtime setting).
+        With `probs_sink` (output_attentions), the eager path, recording each layer's probabilities there."""
         device = hidden.device
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else hidden.dtype
         dropout_p = self.config.attention_probs_dropout_prob if self.training else 0.0
-        return ATTENTION_FUNCTIONS[resolve_attention_backend(self.config, device, dtype, dropout_p)]
+        backend = resolve_attention_backend(self.config, device, dtype, dropout_p)
+        if probs_sink is None:
+            return ATTENTION_FUNCTIONS[backend]
+        if backend != "eager":
+            logger.warning_once(
+                f"output_attentions=True: attention runs on the eager path for those calls (only it forms the "
+                f"probabilities), not {backend!r}; load the model with attn_implementation='eager' to say so."
+            )
+        return recording_eager_attention(probs_sink)
 
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
@@ -672,16 +810,20 @@ class BertModel(BertPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 output_hidden_states=None, return_dict=None, masked_tokens_mask=None, masked_positions=None,
-                cu_seq_lens_q=None, cu_seq_lens_k=None, max_length_q=None, max_length_k=None, indices=None, **kwargs):
+                cu_seq_lens_q=None, cu_seq_lens_k=None, max_length_q=None, max_length_k=None, indices=None,
+                output_attentions=None, **kwargs):
         """Padded inputs: `input_ids` (batch, seqlen) with `attention_mask` (0/1 or packed document ids).
         Padding-free inputs (no host sync): `input_ids` (1, total) with `cu_seq_lens_q` (n_seqs + 1,) and
         `max_length_q` (int), transformers' flash-attention kwargs; `position_ids` alone also work (one sync). A
         padded batch whose unpadding the collator computed: add `indices` (total,) flat positions of the real tokens
-        in the (batch * seqlen) grid to `cu_seq_lens_q` and `max_length_q`. Outputs keep the input's layout."""
+        in the (batch * seqlen) grid to `cu_seq_lens_q` and `max_length_q`. Outputs keep the input's layout:
+        `hidden_states` (output_hidden_states) are each layer's input and the last output, (batch, seqlen, hidden),
+        on the autograd path; `attentions` (output_attentions, eager path) are (batch, n_heads, seqlen, seqlen)."""
         _check_shapes(input_ids, attention_mask, token_type_ids, inputs_embeds)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         ref = input_ids if input_ids is not None else inputs_embeds
         batch, seqlen = ref.shape[0], ref.shape[1]
@@ -705,22 +847,25 @@ class BertModel(BertPreTrainedModel):
         subset_idx = None
         if masked_positions is not None and not output_hidden_states:
             subset_idx = _rows_of_positions(u.indices, masked_positions, batch * seqlen, total)
-        hidden, all_hidden = self.encoder(hidden, seqs, self._attention_function(hidden), subset_idx, output_hidden_states)
+        grid = TokenGrid(u.indices, batch, seqlen, fill)
+        probs = [] if output_attentions else None
+        attention_fn = self._attention_function(hidden, probs)
+        hidden, all_hidden = self.encoder(hidden, seqs, attention_fn, subset_idx, grid if output_hidden_states else None)
 
-        sequence_output = _repad(hidden, u, subset_idx, masked_positions, batch, seqlen, fill)
+        sequence_output = _repad(hidden, grid, subset_idx, masked_positions, all_hidden[-1] if all_hidden else None)
         pooled_output = None
         if self.pooler is not None and masked_positions is None:
             # the first token of each row; of each sequence for padding-free inputs (n_seqs, hidden)
             first = hidden[u.cu_seqlens[:-1].long()] if padding_free else sequence_output[:, 0]
             pooled_output = self.pooler(first)
-        hidden_states = None
-        if output_hidden_states:
-            hidden_states = tuple(pad_input(h, u.indices, batch, seqlen, fill) for h in all_hidden)
+        hidden_states = tuple(all_hidden) if output_hidden_states else None
+        attentions = tuple(attention_grid(p, seqs, grid, total) for p in probs) if output_attentions else None
 
         if not return_dict:
-            return tuple(v for v in (sequence_output, pooled_output, hidden_states) if v is not None)
+            return tuple(v for v in (sequence_output, pooled_output, hidden_states, attentions) if v is not None)
         return BaseModelOutputWithPoolingAndCrossAttentions(
-            last_hidden_state=sequence_output, pooler_output=pooled_output, hidden_states=hidden_states
+            last_hidden_state=sequence_output, pooler_output=pooled_output, hidden_states=hidden_states,
+            attentions=attentions,
         )
 
 
@@ -796,8 +941,10 @@ class BertForMaskedLM(BertPreTrainedModel):
             n_masked = (flat_labels != -100).sum().clamp_min(1)
             loss = F.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum") / n_masked
         if not return_dict:
-            return (loss, logits) if loss is not None else (logits,)
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+            extra = tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
+            return ((loss, logits) if loss is not None else (logits,)) + extra
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                              attentions=outputs.attentions)
 
 
 def _check_class_ids(config, labels: torch.Tensor):
