@@ -2,6 +2,29 @@
 torch, transformers, an optional triton, and each other; nothing in this folder may import the tooling."""
 
 from .configuration_bert import BertConfig
-from .modeling_bert import BertForMaskedLM, BertForSequenceClassification, BertModel, BertPreTrainedModel
+from .modeling_bert import (
+    BertForMaskedLM,
+    BertForMultipleChoice,
+    BertForNextSentencePrediction,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertLMHeadModel,
+    BertModel,
+    BertPreTrainedModel,
+)
 
-__all__ = ["BertConfig", "BertForMaskedLM", "BertForSequenceClassification", "BertModel", "BertPreTrainedModel"]
+__all__ = [
+    "BertConfig",
+    "BertForMaskedLM",
+    "BertForMultipleChoice",
+    "BertForNextSentencePrediction",
+    "BertForPreTraining",
+    "BertForQuestionAnswering",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
+    "BertLMHeadModel",
+    "BertModel",
+    "BertPreTrainedModel",
+]

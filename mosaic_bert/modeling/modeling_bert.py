@@ -26,6 +26,7 @@ Parameter names follow the original MosaicBERT checkpoints (`bert.encoder.layer.
 
 import functools
 import math
+import sys
 from typing import NamedTuple, Optional
 
 import torch
@@ -38,7 +39,10 @@ from transformers.modeling_utils import AttentionInterface
 from transformers.modeling_outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
+    TokenClassifierOutput,
 )
 from transformers.utils import logging
 
@@ -605,7 +609,31 @@ AUTO_MAP = {
     "AutoModel": "modeling_bert.BertModel",
     "AutoModelForMaskedLM": "modeling_bert.BertForMaskedLM",
     "AutoModelForSequenceClassification": "modeling_bert.BertForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_bert.BertForTokenClassification",
+    "AutoModelForQuestionAnswering": "modeling_bert.BertForQuestionAnswering",
+    "AutoModelForMultipleChoice": "modeling_bert.BertForMultipleChoice",
+    # stock BERT heads that MosaicBERT does not have: listed so that they fail with the reason instead of falling back
+    # to stock BERT with a random encoder (which a stock BertConfig passed as config= would otherwise allow)
+    "AutoModelForPreTraining": "modeling_bert.BertForPreTraining",
+    "AutoModelForNextSentencePrediction": "modeling_bert.BertForNextSentencePrediction",
+    "AutoModelForCausalLM": "modeling_bert.BertLMHeadModel",
 }
+
+# PEFT's default `target_modules` (LoRA and the methods sharing its table) for this model_type: the fused q/k/v
+# projection of every layer, as PEFT targets query and value of stock BERT and the fused projection of GPT-2 or MPT.
+PEFT_DEFAULT_TARGET_MODULES = ["Wqkv"]
+
+
+def register_peft_defaults() -> None:
+    """PEFT picks default target modules by `config.model_type` from its own tables, which do not know ours: add ours
+    wherever PEFT's default for BERT is the query and value projections. Only if PEFT is already imported (the model
+    never imports it); run when this file is imported and when a model is built. Entries already there are kept."""
+    constants = sys.modules.get("peft.utils.constants")
+    if constants is None:
+        return
+    for name, table in vars(constants).items():
+        if name.endswith("_TARGET_MODULES_MAPPING") and isinstance(table, dict) and table.get("bert") == ["query", "value"]:
+            table.setdefault(BertConfig.model_type, list(PEFT_DEFAULT_TARGET_MODULES))
 
 
 class BertPreTrainedModel(PreTrainedModel):
@@ -651,6 +679,10 @@ class BertPreTrainedModel(PreTrainedModel):
         # Linear/Embedding ~ N(0, initializer_range), zero biases and padding row, LayerNorm = identity.
         super()._init_weights(module)
 
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        register_peft_defaults()
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Write a Hub-ready folder: safetensors weights, config.json whose auto_map names all four auto classes,
         and the four remote-code files. Tokenizer files go beside them with `tokenizer.save_pretrained(folder)`."""
@@ -661,7 +693,11 @@ class BertPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         """As transformers' `from_pretrained`, but an encoder weight that is missing from the checkpoint, or a
         checkpoint tensor the encoder does not have, is an error that names them: this catches loading a
-        non-MosaicBERT checkpoint (e.g. stock BERT with position embeddings). New heads may still start fresh."""
+        non-MosaicBERT checkpoint (e.g. stock BERT with position embeddings). New heads may still start fresh.
+        A stock `transformers.BertConfig` given as `config=` (the model card's usage) is read as this model's config,
+        so that the model, and a folder it saves, keep MosaicBERT's model_type."""
+        if "config" in kwargs:
+            kwargs["config"] = cls.config_class.from_stock(kwargs["config"])
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
 
@@ -820,6 +856,7 @@ class BertModel(BertPreTrainedModel):
         `hidden_states` (output_hidden_states) are each layer's input and the last output, (batch, seqlen, hidden),
         on the autograd path; `attentions` (output_attentions, eager path) are (batch, n_heads, seqlen, seqlen)."""
         _check_shapes(input_ids, attention_mask, token_type_ids, inputs_embeds)
+        input_ids = _check_token_inputs(self.config, input_ids, inputs_embeds)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -856,7 +893,7 @@ class BertModel(BertPreTrainedModel):
         pooled_output = None
         if self.pooler is not None and masked_positions is None:
             # the first token of each row; of each sequence for padding-free inputs (n_seqs, hidden)
-            first = hidden[u.cu_seqlens[:-1].long()] if padding_free else sequence_output[:, 0]
+            first = _first_tokens(hidden, u.cu_seqlens) if padding_free else sequence_output[:, 0]
             pooled_output = self.pooler(first)
         hidden_states = tuple(all_hidden) if output_hidden_states else None
         attentions = tuple(attention_grid(p, seqs, grid, total) for p in probs) if output_attentions else None
@@ -947,14 +984,71 @@ class BertForMaskedLM(BertPreTrainedModel):
                               attentions=outputs.attentions)
 
 
-def _check_class_ids(config, labels: torch.Tensor):
-    """Class ids must lie in [0, num_labels) (-100 = ignore); checked where it costs no GPU sync (see check_inputs)."""
-    if not _value_checks_wanted(config, (labels,)) or not labels.numel():
+def _check_class_ids(config, labels: torch.Tensor, num_classes=None, attention_mask=None):
+    """Class ids must lie in [0, num_classes) (-100 = ignore; num_classes defaults to config.num_labels) and, given an
+    attention_mask of the labels' shape, sit only at real tokens. Read with one host transfer, where it costs no GPU
+    sync (see check_inputs)."""
+    if not _value_checks_wanted(config, (labels, attention_mask)) or not labels.numel():
         return
-    lo, hi = torch.stack([torch.where(labels == -100, 0, labels).min(), labels.max()]).tolist()
-    if lo < 0 or hi >= config.num_labels:
-        raise ValueError(f"labels hold class ids in [{lo}, {hi}] but the classifier has num_labels={config.num_labels}; "
+    n = config.num_labels if num_classes is None else num_classes
+    probes = [torch.where(labels == -100, 0, labels).min(), labels.max()]
+    if attention_mask is not None:
+        probes.append(((labels != -100) & (attention_mask == 0)).any())
+    lo, hi, *at_padding = torch.stack([p.long() for p in probes]).tolist()
+    if (lo < 0 or hi >= n) and num_classes is not None:
+        raise ValueError(f"labels hold choice indices in [{lo}, {hi}] but the inputs have {n} choices; a label is the "
+                         f"index of the right choice, 0 .. {n - 1}.")
+    if lo < 0 or hi >= n:
+        raise ValueError(f"labels hold class ids in [{lo}, {hi}] but the classifier has num_labels={n}; "
                          f"load the model with num_labels={hi + 1} (or map the labels to 0 .. num_labels - 1).")
+    if any(at_padding):
+        raise ValueError("labels give a class at padding positions (attention_mask == 0); set them to -100 there "
+                         "(DataCollatorForTokenClassification pads labels with -100).")
+
+
+def _check_token_inputs(config, input_ids, inputs_embeds):
+    """Dtype and size checks that cost no host sync; returns `input_ids` as int64/int32 (any integer dtype is cast)."""
+    if input_ids is not None:
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}; pass the tokenizer's "
+                             "ids (return_tensors='pt' gives int64), or .long() them if they are whole numbers.")
+        if input_ids.dtype not in (torch.long, torch.int32):
+            input_ids = input_ids.long()  # int16/uint8/...: the embedding lookup takes int64 or int32
+    if inputs_embeds is not None and (inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size):
+        raise ValueError(f"inputs_embeds must be (batch, seqlen, hidden_size={config.hidden_size}), got shape "
+                         f"{tuple(inputs_embeds.shape)}; embed with this model's get_input_embeddings() (add a batch "
+                         "dimension with [None] for a single sequence).")
+    ref = input_ids if input_ids is not None else inputs_embeds
+    if ref is not None and ref.shape[0] and not ref.shape[1]:
+        raise ValueError("the inputs have no positions (seqlen 0): every row needs at least one token (a tokenizer "
+                         "adds [CLS] and [SEP]); drop empty texts before batching.")
+    return input_ids
+
+
+def _first_tokens(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """The first token of each sequence of a padding-free batch, (n_seqs, hidden); zeros for an empty sequence (as an
+    all-padding row of a padded batch gives), without asking the device which sequences are empty."""
+    starts = cu_seqlens[:-1].long().clamp(max=max(hidden.shape[0] - 1, 0))
+    empty = (cu_seqlens[1:] == cu_seqlens[:-1])[:, None]  # (n_seqs, 1)
+    first = hidden[starts]
+    return torch.where(empty, torch.zeros_like(first), first)
+
+
+def _zero_at_padding(logits: torch.Tensor, attention_mask) -> torch.Tensor:
+    """Per-token outputs (batch, seqlen, n) with zeros at padding, as the encoder's `last_hidden_state` has."""
+    if attention_mask is None:
+        return logits
+    return logits * attention_mask.ne(0)[..., None].to(logits.dtype)
+
+
+def _classifier_dropout(config) -> nn.Dropout:
+    p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+    return nn.Dropout(p)
+
+
+def _returned(output, return_dict):
+    """A ModelOutput, or transformers' tuple form of it (its fields that are not None, in order)."""
+    return output if return_dict else output.to_tuple()
 
 
 class BertForSequenceClassification(BertPreTrainedModel):
@@ -1012,21 +1106,174 @@ class BertForSequenceClassification(BertPreTrainedModel):
                 loss = F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1))
             else:
                 loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-        if not return_dict:
-            out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
-            return ((loss,) + out) if loss is not None else out
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return _returned(SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                                  attentions=outputs.attentions), return_dict)
+
+
+class BertForTokenClassification(BertPreTrainedModel):
+    """MosaicBERT with a classifier on every token (NER, tagging), as transformers' `BertForTokenClassification`:
+    `logits` (batch, seqlen, num_labels), zeros at padding; `labels` (batch, seqlen) class ids with -100 where no loss
+    is wanted (special tokens, word continuations, padding); `loss` is the mean cross-entropy over the labelled tokens."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.dropout = _classifier_dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, output_hidden_states=None, return_dict=None, **kwargs):
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if labels is not None:
+            _check_shapes(input_ids, attention_mask, None, inputs_embeds, labels)
+            _check_class_ids(self.config, labels, attention_mask=attention_mask)
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            position_ids=position_ids, inputs_embeds=inputs_embeds,
+                            output_hidden_states=output_hidden_states, return_dict=True, **kwargs)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (batch, seqlen, num_labels)
+        logits = _zero_at_padding(logits, attention_mask)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(-1, self.num_labels).float(), labels.reshape(-1))
+        return _returned(TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                               attentions=outputs.attentions), return_dict)
+
+
+def _span_loss(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """transformers' extractive-QA loss for one end of the span: positions outside the input (clamped to seqlen)
+    carry no loss."""
+    ignored = logits.shape[1]
+    positions = positions.reshape(-1).clamp(0, ignored)  # (batch,)
+    return F.cross_entropy(logits.float(), positions, ignore_index=ignored)
+
+
+class BertForQuestionAnswering(BertPreTrainedModel):
+    """MosaicBERT for extractive question answering, as transformers' `BertForQuestionAnswering`: `start_logits` and
+    `end_logits` (batch, seqlen), zeros at padding; with `start_positions` and `end_positions` (batch,), `loss` is the
+    mean of the two cross-entropies (positions past the input are ignored)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.num_labels != 2:
+            raise ValueError(f"BertForQuestionAnswering predicts a start and an end logit per token, so num_labels must "
+                             f"be 2, got {config.num_labels}; load it with num_labels=2.")
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                start_positions=None, end_positions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            position_ids=position_ids, inputs_embeds=inputs_embeds,
+                            output_hidden_states=output_hidden_states, return_dict=True, **kwargs)
+        logits = _zero_at_padding(self.qa_outputs(outputs.last_hidden_state), attention_mask)  # (batch, seqlen, 2)
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = (_span_loss(start_logits, start_positions) + _span_loss(end_logits, end_positions)) / 2
+        return _returned(QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                                      hidden_states=outputs.hidden_states,
+                                                      attentions=outputs.attentions), return_dict)
+
+
+def _flatten_choices(t, keep: int):
+    """(batch, num_choices, *rest) -> (batch * num_choices, *rest), rest being the last `keep` dimensions."""
+    return None if t is None else t.reshape(-1, *t.shape[t.dim() - keep:])
+
+
+class BertForMultipleChoice(BertPreTrainedModel):
+    """MosaicBERT for multiple choice (SWAG, RACE), as transformers' `BertForMultipleChoice`: inputs are
+    (batch, num_choices, seqlen); each choice is encoded alone, pooled and scored; `logits` (batch, num_choices);
+    `labels` (batch,) the index of the right choice; `loss` the cross-entropy over the choices."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=True)
+        self.dropout = _classifier_dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, output_hidden_states=None, return_dict=None, **kwargs):
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        ref = input_ids if input_ids is not None else inputs_embeds
+        if ref is not None and ref.dim() != (3 if input_ids is not None else 4):
+            raise ValueError(f"multiple-choice inputs are (batch, num_choices, seqlen), got "
+                             f"{'input_ids' if input_ids is not None else 'inputs_embeds'} of shape {tuple(ref.shape)}; "
+                             "tokenize each (context, choice) pair and stack the choices along dimension 1.")
+        num_choices = ref.shape[1] if ref is not None else 0
+        if labels is not None:
+            _check_class_ids(self.config, labels, num_classes=num_choices)
+        outputs = self.bert(_flatten_choices(input_ids, 1), attention_mask=_flatten_choices(attention_mask, 1),
+                            token_type_ids=_flatten_choices(token_type_ids, 1),
+                            position_ids=_flatten_choices(position_ids, 1), inputs_embeds=_flatten_choices(inputs_embeds, 2),
+                            output_hidden_states=output_hidden_states, return_dict=True, **kwargs)
+        scores = self.classifier(self.dropout(outputs.pooler_output))  # (batch * num_choices, 1)
+        logits = scores.reshape(-1, num_choices)  # (batch, num_choices)
+        loss = F.cross_entropy(logits.float(), labels.reshape(-1)) if labels is not None else None
+        return _returned(MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                                   attentions=outputs.attentions), return_dict)
+
+
+class _HeadMosaicBertLacks(BertPreTrainedModel):
+    """A stock BERT head that MosaicBERT does not have. Listed in `AUTO_MAP` so that its Auto class, or building it,
+    fails with `reason` before anything is loaded, instead of falling back to stock BERT with a random encoder."""
+
+    reason = ""
+
+    def __init__(self, config, *args, **kwargs):
+        raise ValueError(f"{type(self).__name__}: {self.reason}")
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        raise ValueError(f"{cls.__name__}: {cls.reason}")
+
+
+_NO_NSP = ("MosaicBERT is pretrained with masked language modelling only and has no next-sentence-prediction head; "
+           "load AutoModelForMaskedLM (BertForMaskedLM) for the pretraining head, or AutoModel for the encoder.")
+
+
+class BertForPreTraining(_HeadMosaicBertLacks):
+    reason = _NO_NSP
+
+
+class BertForNextSentencePrediction(_HeadMosaicBertLacks):
+    reason = _NO_NSP
+
+
+class BertLMHeadModel(_HeadMosaicBertLacks):
+    reason = ("MosaicBERT is a bidirectional encoder without a causal language-model head; load AutoModelForMaskedLM "
+              "(BertForMaskedLM) to predict masked tokens, and use a decoder model for text generation.")
 
 
 BertConfig.register_for_auto_class()
 BertModel.register_for_auto_class("AutoModel")
 BertForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
 BertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+BertForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+BertForQuestionAnswering.register_for_auto_class("AutoModelForQuestionAnswering")
+BertForMultipleChoice.register_for_auto_class("AutoModelForMultipleChoice")
+BertForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+BertForNextSentencePrediction.register_for_auto_class("AutoModelForNextSentencePrediction")
+BertLMHeadModel.register_for_auto_class("AutoModelForCausalLM")
+register_peft_defaults()
 
 __all__ = [
     "BertForMaskedLM",
+    "BertForMultipleChoice",
+    "BertForNextSentencePrediction",
+    "BertForPreTraining",
+    "BertForQuestionAnswering",
     "BertForSequenceClassification",
+    "BertForTokenClassification",
+    "BertLMHeadModel",
     "BertModel",
     "BertPreTrainedModel",
+    "PEFT_DEFAULT_TARGET_MODULES",
     "alibi_slopes_list",
+    "register_peft_defaults",
 ]

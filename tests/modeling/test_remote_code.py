@@ -15,7 +15,7 @@ from mosaic_bert import BertForMaskedLM, BertForSequenceClassification
 from mosaic_bert.modeling import __file__ as MODELING_INIT
 
 SHIPPED = ("configuration_bert.py", "modeling_bert.py", "bert_padding.py", "flash_attn_triton.py")
-ALLOWED_TOP_LEVEL = {"torch", "transformers", "triton", "flash_attn", "functools", "math", "os", "typing"}
+ALLOWED_TOP_LEVEL = {"torch", "transformers", "triton", "flash_attn", "functools", "math", "os", "sys", "typing"}
 
 CHILD = textwrap.dedent(
     r"""
@@ -78,7 +78,11 @@ def test_saved_folder_loads_as_remote_code_in_fresh_process(tmp_path):
     assert {"model.safetensors", "config.json", "configuration_bert.py", "modeling_bert.py", "bert_padding.py",
             "flash_attn_triton.py", "tokenizer.json"} <= files
     auto_map = json.loads((mlm_dir / "config.json").read_text())["auto_map"]
-    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForMaskedLM", "AutoModelForSequenceClassification"}
+    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForMaskedLM", "AutoModelForSequenceClassification",
+                             "AutoModelForTokenClassification", "AutoModelForQuestionAnswering",
+                             "AutoModelForMultipleChoice", "AutoModelForPreTraining",
+                             "AutoModelForNextSentencePrediction", "AutoModelForCausalLM"}
+    assert json.loads((mlm_dir / "config.json").read_text())["model_type"] == "mosaic_bert"
 
     ids = torch.randint(1, 30000, (2, 11))
     mask = torch.ones_like(ids)
