@@ -59,3 +59,26 @@ def ragged_batch(lengths, seed=0, extra_cols=1):
     types = (torch.arange(L)[None] >= 3).long() * mask
     cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
     return ids, mask, labels, types, cu
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CI guard: `pytest --min-passed N` fails the session when fewer than N tests passed (a run where nothing was collected,
+# or where everything skipped, would otherwise exit 0). Off by default, so running a GPU-only file on a CPU still skips.
+
+
+def pytest_addoption(parser):
+    parser.addoption("--min-passed", type=int, default=0, metavar="N",
+                     help="fail the session unless at least N tests passed (CI: catches a run where everything skipped)")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    need = session.config.getoption("--min-passed")
+    if not need or exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    passed = len([r for r in reporter.stats.get("passed", []) if r.when == "call"]) if reporter else 0
+    if passed < need:
+        skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+        print(f"\n--min-passed={need}: only {passed} test(s) passed ({skipped} skipped): failing the session",
+              flush=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

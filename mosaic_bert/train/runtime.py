@@ -24,9 +24,9 @@ def resolve_precision(mixed_precision: str) -> str:
 
 WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
-HOW_TO_LAUNCH_ON_CPU = ("on a machine without GPUs, start N CPU processes (gloo) with `accelerate launch --multi_gpu "
-                        "--num_processes N scripts/pretrain.py ...` or `torchrun --nproc_per_node N scripts/pretrain.py "
-                        "...`")
+HOW_TO_LAUNCH_ON_CPU = ("on a machine without GPUs, start N CPU processes (gloo) with `accelerate launch "
+                        "--multi_gpu --num_processes N scripts/pretrain.py ...` or `torchrun --nproc_per_node N "
+                        "scripts/pretrain.py ...`")
 
 
 def launched_world_size() -> int:

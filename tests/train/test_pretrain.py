@@ -111,8 +111,8 @@ def free_port() -> int:
 
 
 def accelerate_launcher(*flags):
-    return [sys.executable, "-m", "accelerate.commands.launch", *flags, "--num_machines", "1", "--mixed_precision", "no",
-            "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    return [sys.executable, "-m", "accelerate.commands.launch", *flags, "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
 
 
 def test_two_processes_match_one(straight):
