@@ -273,17 +273,6 @@ def test_mlm_head_runs_only_at_labelled_positions():
     assert loss.item() == 0.0 and loss.requires_grad
 
 
-def test_hidden_states_and_tuple_outputs():
-    model = _tiny_mlm()
-    ids = torch.randint(1, 128, (2, 6))
-    with torch.no_grad():
-        out = model.bert(input_ids=ids, output_hidden_states=True)
-        tup = model.bert(input_ids=ids, return_dict=False)
-    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
-    assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
-    assert torch.equal(tup[0], out.last_hidden_state)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Sequence classification losses follow transformers' rules
 
