@@ -157,8 +157,9 @@ def test_sigterm_saves_at_the_step_boundary_and_resume_is_exact(finished, cache,
     assert "Traceback" not in p.stderr
     run(short(out, cache), resume="latest")
     (tr1, ev1), (tr2, ev2) = losses(finished), losses(out)
-    assert [s for s, _ in tr2] == list(range(1, 9))
-    for (s1, a), (s2, b) in zip(tr1 + ev1, tr2 + ev2):
+    assert [s for s, _ in tr2] == [s for s, _ in tr1] == list(range(1, 9))
+    assert [s for s, _ in ev2] == [s for s, _ in ev1] == [0, 8]
+    for (s1, a), (s2, b) in zip(tr1 + ev1, tr2 + ev2, strict=True):
         assert s1 == s2 and a == pytest.approx(b, rel=1e-6, abs=1e-6), (s1, a, b)
 
 
@@ -228,8 +229,9 @@ def test_resume_path_into_a_new_folder(finished, cache, tmp_path):
     out = tmp_path / "new"
     run(short(out, cache), resume=str(finished / "checkpoints" / "step_0000004"))
     (tr1, ev1), (tr2, ev2) = losses(finished), losses(out)
-    assert [s for s, _ in tr2] == list(range(1, 9)) and [s for s, _ in ev2] == [0, 8]
-    for (s1, a), (s2, b) in zip(tr1 + ev1, tr2 + ev2):
+    assert [s for s, _ in tr2] == [s for s, _ in tr1] == list(range(1, 9))
+    assert [s for s, _ in ev2] == [s for s, _ in ev1] == [0, 8]
+    for (s1, a), (s2, b) in zip(tr1 + ev1, tr2 + ev2, strict=True):
         assert s1 == s2 and a == pytest.approx(b, rel=1e-6, abs=1e-6), (s1, a, b)
     assert tree(finished / "checkpoints")                               # the source run is untouched
     p = run(short(out, cache), resume=str(finished / "checkpoints" / "step_0000004"), check=False)
