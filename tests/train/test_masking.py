@@ -80,3 +80,13 @@ def test_matches_transformers_collator_statistics():
         k = int(sel.sum())
         masked = (np.asarray(out) == tok.mask_token_id) & sel
         assert masked.sum() / k == pytest.approx(0.8, abs=4 * np.sqrt(0.8 * 0.2 / k))
+
+
+def test_recipes_mask_30_percent_for_training_and_15_for_evaluation():
+    """The rates the trainer hands the masker: 30 % (the MosaicBERT paper) in the offline default and the paper
+    recipes, 15 % for held-out evaluation; the HF BERT baseline trains at BERT's 15 %."""
+    from mosaic_bert.train.config import load_recipe
+    for name in (None, "mosaic-bert-base-uncased", "mosaic-bert-large-uncased"):
+        t = load_recipe(name).train
+        assert (t.mlm_probability, t.eval_mlm_probability) == (0.30, 0.15), name
+    assert load_recipe("hf-bert-base-uncased").train.mlm_probability == 0.15
