@@ -1,17 +1,24 @@
-"""A saved folder works as transformers remote code in a fresh process where `mosaic_bert` cannot be imported."""
+"""A saved folder works as transformers remote code in a fresh process where `mosaic_bert` cannot be imported; it
+carries its own model_type, so transformers refuses it without remote code; saving is silent and re-ties weights."""
 
 import ast
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
 
+import pytest
 import torch
-from transformers import AutoTokenizer
+import transformers
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
-from conftest import BERT_TOKENIZER, perturb_, tiny_config
-from mosaic_bert import BertForMaskedLM, BertForSequenceClassification
+from conftest import BERT_TOKENIZER, ORIGINAL_TINY, perturb_, tiny_config
+from mosaic_bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
 from mosaic_bert.modeling import __file__ as MODELING_INIT
 
 SHIPPED = ("configuration_bert.py", "modeling_bert.py", "bert_padding.py", "flash_attn_triton.py")
@@ -22,8 +29,9 @@ CHILD = textwrap.dedent(
     import json, sys, warnings
     sys.modules["mosaic_bert"] = None  # the package is not importable: only the folder's code may be used
     import torch
-    from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification,
-                              AutoTokenizer, BertConfig, pipeline)
+    from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForMultipleChoice,
+                              AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+                              AutoModelForTokenClassification, AutoTokenizer, BertConfig, pipeline)
 
     mlm_dir, cls_dir = sys.argv[1], sys.argv[2]
     exp = torch.load(f"{mlm_dir}/expected.pt")
@@ -47,6 +55,9 @@ CHILD = textwrap.dedent(
     with torch.no_grad():
         long_logits = card(input_ids=ids).logits
     report["long_shape"] = list(long_logits.shape)
+    report["card_config"] = [type(card.config).__name__, card.config.model_type, card.config.alibi_starting_size]
+    report["heads"] = [type(auto.from_pretrained(mlm_dir, trust_remote_code=True)).__name__ for auto in (
+        AutoModelForTokenClassification, AutoModelForQuestionAnswering, AutoModelForMultipleChoice)]
     report["long_finite"] = bool(torch.isfinite(long_logits).all())
 
     # the attention op is registered by the folder's code, and the loaded model exports
@@ -55,7 +66,8 @@ CHILD = textwrap.dedent(
     with torch.no_grad():
         report["export"] = (program.module()(**exp["inputs"]).logits - exp["cls"]).abs().max().item()
 
-    tokenizer = AutoTokenizer.from_pretrained(mlm_dir)
+    # model_type mosaic_bert is not transformers': AutoTokenizer reads the config first, so it wants remote code too
+    tokenizer = AutoTokenizer.from_pretrained(mlm_dir, trust_remote_code=True)
     fill = pipeline("fill-mask", model=mlm, tokenizer=tokenizer)
     report["fill_mask"] = fill("I [MASK] to the store yesterday.")
     print("REPORT" + json.dumps(report))
@@ -95,7 +107,7 @@ def test_saved_folder_loads_as_remote_code_in_fresh_process(tmp_path):
 
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, "-c", CHILD, str(mlm_dir), str(cls_dir)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout.split("REPORT", 1)[1])
     assert report["config_class"].endswith("configuration_bert.BertConfig")
@@ -103,6 +115,8 @@ def test_saved_folder_loads_as_remote_code_in_fresh_process(tmp_path):
     assert report["mlm"] <= 1e-5 and report["enc"] <= 1e-5 and report["cls"] <= 1e-5
     assert report["op_registered"] and report["export"] <= 1e-5
     assert report["long_shape"] == [1, 1024, 30528] and report["long_finite"]
+    assert report["card_config"] == ["BertConfig", "mosaic_bert", 1024]  # the stock config was read as ours
+    assert report["heads"] == ["BertForTokenClassification", "BertForQuestionAnswering", "BertForMultipleChoice"]
     answers = report["fill_mask"]
     assert len(answers) == 5 and all(0.0 <= a["score"] <= 1.0 for a in answers)
     assert all(a["sequence"].startswith("i ") and a["sequence"].endswith("to the store yesterday.") for a in answers)
@@ -133,3 +147,98 @@ def test_shipped_files_import_only_torch_transformers_triton_and_each_other():
     assert not bad, f"shipped model files import outside torch/transformers/triton/each other: {bad}"
     # the check can fail: a tooling import is caught
     assert [t for _, t in _imports("from mosaic_bert.train import flops")] == ["mosaic_bert"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Our own model_type (issue 16 item 6): transformers refuses the folder without remote code; the model card's stock
+# BertConfig and original MosaicBERT checkpoints (model_type "bert") still load.
+
+
+class _Records(logging.Handler):
+    """Collects what the transformers and accelerate loggers emit (transformers' logger does not propagate)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def __enter__(self):
+        for name in ("transformers", "accelerate"):
+            logging.getLogger(name).addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        for name in ("transformers", "accelerate"):
+            logging.getLogger(name).removeHandler(self)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model_type") / "mosaic-model-type"
+    model = perturb_(BertForMaskedLM(tiny_config())).eval()
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def test_without_remote_code_transformers_refuses_the_folder(saved, tmp_path):
+    folder, _ = saved
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "mosaic_bert"
+    for load in (AutoConfig.from_pretrained, AutoModelForMaskedLM.from_pretrained):
+        with pytest.raises(ValueError, match="trust_remote_code=True"):
+            load(folder, trust_remote_code=False)
+    # a copy whose config lost auto_map: refused as an unknown model type, not loaded as stock BERT
+    shutil.copytree(folder, tmp_path / "no-auto-map")
+    cfg = json.loads((folder / "config.json").read_text())
+    del cfg["auto_map"]
+    (tmp_path / "no-auto-map" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="mosaic_bert"):
+        AutoModelForMaskedLM.from_pretrained(tmp_path / "no-auto-map", trust_remote_code=True)
+
+
+def test_the_model_card_usage_reads_a_stock_config_as_ours(saved, tmp_path):
+    """`transformers.BertConfig.from_pretrained(folder)`, `alibi_starting_size = 1024`, then the Auto class with
+    `config=`: the model gets our config (model_type, sizes checked), and a folder it saves stays protected."""
+    folder, model = saved
+    config = transformers.BertConfig.from_pretrained(folder)
+    config.alibi_starting_size = 1024
+    card = AutoModelForMaskedLM.from_pretrained(folder, config=config, trust_remote_code=True).eval()
+    assert type(card.config).__name__ == "BertConfig" and card.config.model_type == "mosaic_bert"
+    assert card.config.alibi_starting_size == 1024 and card.config.hidden_size == model.config.hidden_size
+    ids = torch.randint(1, 128, (2, 9))
+    with torch.no_grad():
+        assert torch.allclose(card(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-6)
+    card.save_pretrained(tmp_path / "resaved")
+    assert json.loads((tmp_path / "resaved" / "config.json").read_text())["model_type"] == "mosaic_bert"
+    # our classes take a stock config the same way
+    direct = BertForMaskedLM.from_pretrained(folder, config=config)
+    assert isinstance(direct.config, BertConfig) and direct.config.alibi_starting_size == 1024
+
+
+def test_original_checkpoints_with_model_type_bert_load_silently_as_ours():
+    assert json.loads((ORIGINAL_TINY / "config.json").read_text())["model_type"] == "bert"
+    with _Records() as records:
+        config = BertConfig.from_pretrained(ORIGINAL_TINY)
+        model = BertForMaskedLM.from_pretrained(ORIGINAL_TINY)
+    assert config.model_type == model.config.model_type == "mosaic_bert"
+    assert config.alibi_starting_size == 32 and config.hidden_size == 64
+    assert not [line for line in records.lines if "model of type" in line], records.lines
+
+
+def test_save_is_silent_and_reload_reties_the_decoder(saved, tmp_path):
+    """transformers 5 declares tied weights as a dict (`_tied_weights_keys`): save writes one copy without a
+    "Removed shared tensor" message, and loading ties the decoder to the word embeddings again."""
+    _, model = saved
+    with _Records() as records, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.save_pretrained(tmp_path / "tied")
+    said = records.lines + [str(w.message) for w in caught]
+    assert not [line for line in said if "shared tensor" in line or "tied" in line.lower()], said
+    with safe_open(str(tmp_path / "tied" / "model.safetensors"), "pt") as f:
+        assert "bert.embeddings.word_embeddings.weight" in f.keys()
+        assert "cls.predictions.decoder.weight" not in f.keys()
+    reloaded = BertForMaskedLM.from_pretrained(tmp_path / "tied")
+    assert reloaded.cls.predictions.decoder.weight is reloaded.bert.embeddings.word_embeddings.weight
+    assert torch.equal(reloaded.bert.embeddings.word_embeddings.weight, model.bert.embeddings.word_embeddings.weight)
