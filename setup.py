@@ -35,6 +35,6 @@ setup(
             "scipy",
         ],
         "triton": ["triton>=3.0"],
-        "dev": ["pytest", "triton>=3.0"],
+        "dev": ["pytest", "triton>=3.0", "peft>=0.21"],
     },
 )
