@@ -73,6 +73,23 @@ def test_mlm_logits_loss_and_gradients_match_original(ref, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_training_path_without_dropout_matches_original(ref, backend):
+    """In train mode the GeGLU runs through the training custom op (`geglu_dropout`, its PyTorch path here): with
+    dropout 0 its loss, logits and every gradient equal the original's eval-mode tensors."""
+    name, folder, io = ref
+    tol = RTOL[name]
+    model = BertForMaskedLM.from_pretrained(folder, attention_backend=backend, hidden_dropout_prob=0.0).train()
+    out = model(**_inputs(io), labels=io["labels"])
+    assert rel_err(out.loss.reshape(1), io["mlm_loss"]) <= tol
+    assert rel_err(out.logits, io["mlm_logits_at_labels"]) <= tol
+    out.loss.backward()
+    params = dict(model.named_parameters())
+    errs = {k[len("grad."):]: rel_err(params[k[len("grad."):]].grad, g) for k, g in io.items() if k.startswith("grad.")}
+    bad = {k: e for k, e in errs.items() if not e <= tol}
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_encoder_output_matches_original(ref, backend):
     name, folder, io = ref
     model = BertModel.from_pretrained(folder, attention_backend=backend).eval()
