@@ -1,6 +1,7 @@
 """Bad input, one table (issue 16, "should fix"): every case must fail before anything runs or is written, with an
 error of the tooling's family (`MosaicBertError`) whose message names the problem and the fix, instead of a library
-traceback or silence. ``CASES`` is the count the issue's closing note reports; the end-to-end cases (a run with
+traceback or silence (the model's own cases, ``MODEL_CASES``, raise ValueErrors: it imports nothing of the tooling).
+``CASES`` is the count the issue's closing note reports; the end-to-end cases (a run with
 eval_samples=0, --resume PATH into a new folder, ...) are in tests/test_faults.py and tests/train/test_pretrain.py."""
 
 import os
@@ -182,3 +183,118 @@ def test_one_huge_line_is_cut_before_tokenizing_in_truncate_mode(tmp_path):
     finally:
         type(tok).__call__ = real_call
     assert n == 1 and arrays["ids"].shape == (1, 16) and max(seen) <= 16 * 128, max(seen)
+
+
+# ------------------------------------------------------------------------------------------------ the model
+# The model's own errors are ValueErrors (it imports nothing of the tooling); the same rule: the problem and the fix.
+def model_call(**inputs):
+    def go(tmp_path):
+        import torch
+        from conftest import tiny_config
+        from mosaic_bert import BertForSequenceClassification
+        torch.manual_seed(0)
+        BertForSequenceClassification(tiny_config())(**{k: v() for k, v in inputs.items()})
+    return go
+
+
+def model_config(**fields):
+    def go(tmp_path):
+        from conftest import tiny_config
+        tiny_config(**fields)
+    return go
+
+
+def damaged_weights(how: str):
+    def go(tmp_path):
+        from conftest import tiny_config
+        from mosaic_bert import BertForMaskedLM
+        BertForMaskedLM(tiny_config()).save_pretrained(tmp_path / "m")
+        p = tmp_path / "m" / "model.safetensors"
+        data = bytearray(p.read_bytes())
+        p.write_bytes(data[: len(data) // 2] if how.startswith("truncated") else data[:8] + b"x" * 32 + data[40:])
+        if how == "truncated, through remote code":
+            from transformers import AutoModelForMaskedLM
+            AutoModelForMaskedLM.from_pretrained(tmp_path / "m", trust_remote_code=True)
+        BertForMaskedLM.from_pretrained(tmp_path / "m")
+    return go
+
+
+def _ids(dtype=None):
+    import torch
+    ids = torch.randint(1, 128, (2, 5))
+    return ids if dtype is None else ids.to(dtype)
+
+
+MODEL_CASES = [
+    ("float input_ids", model_call(input_ids=lambda: _ids().float()), ["input_ids", "integer", "float32", ".long()"]),
+    ("bool input_ids", model_call(input_ids=lambda: _ids().bool()), ["input_ids", "integer", "torch.bool"]),
+    ("inputs_embeds of the wrong width",
+     model_call(inputs_embeds=lambda: __import__("torch").randn(2, 5, 31)), ["inputs_embeds", "hidden_size=32",
+                                                                            "(2, 5, 31)", "get_input_embeddings"]),
+    ("inputs_embeds without a batch dimension",
+     model_call(inputs_embeds=lambda: __import__("torch").randn(5, 32)), ["inputs_embeds", "(5, 32)", "[None]"]),
+    ("zero-length rows (seqlen 0)", model_call(input_ids=lambda: _ids()[:, :0]), ["seqlen 0", "at least one token"]),
+    ("config vocab_size 0", model_config(vocab_size=0), ["config.vocab_size", ">= 1", "got 0"]),
+    ("config hidden_size 0", model_config(hidden_size=0), ["config.hidden_size", ">= 1"]),
+    ("config num_hidden_layers -1", model_config(num_hidden_layers=-1), ["config.num_hidden_layers", ">= 1", "-1"]),
+    ("config heads do not divide hidden", model_config(hidden_size=30, num_attention_heads=4),
+     ["config.hidden_size (30)", "multiple of config.num_attention_heads (4)"]),
+    ("truncated safetensors", damaged_weights("truncated"), ["model.safetensors", "truncated", "again"]),
+    ("truncated safetensors, remote code", damaged_weights("truncated, through remote code"),
+     ["model.safetensors", "truncated", "again"]),
+    ("overwritten safetensors header", damaged_weights("header"), ["model.safetensors", "damaged header", "again"]),
+]
+
+
+@pytest.mark.parametrize("name,make,needles", MODEL_CASES, ids=[c[0] for c in MODEL_CASES])
+def test_bad_model_input_is_a_clear_error(name, make, needles, tmp_path):
+    with pytest.raises(ValueError) as info:
+        make(tmp_path)
+    msg = str(info.value)
+    for n in needles:
+        assert n in msg, f"{name}: {n!r} not in the message:\n{msg}"
+
+
+def test_integer_ids_of_any_dtype_give_the_int64_outputs():
+    import torch
+    from conftest import tiny_config
+    from mosaic_bert import BertModel
+    model = BertModel(tiny_config()).eval()
+    ids = _ids()
+    with torch.no_grad():
+        want = model(input_ids=ids).last_hidden_state
+        for dtype in (torch.int16, torch.int32, torch.uint8, torch.int8):
+            assert torch.equal(model(input_ids=ids.to(dtype)).last_hidden_state, want), dtype
+
+
+def test_an_empty_sequence_in_a_padding_free_batch_pools_like_an_all_padding_row():
+    """Issue 16: a zero-length sequence crashed the pooler (IndexError when last) or, in the middle, silently pooled
+    the next sequence's first token. It now pools zeros, as an all-padding row of a padded batch does."""
+    import torch
+    from conftest import perturb_, tiny_config
+    from mosaic_bert import BertForSequenceClassification
+    model = perturb_(BertForSequenceClassification(tiny_config(num_labels=3))).eval()
+    a, b = torch.randint(1, 128, (4,)), torch.randint(1, 128, (3,))
+    padded = torch.zeros(3, 4, dtype=torch.long)
+    padded[0], padded[2, :3] = a, b
+    with torch.no_grad():
+        want = model(input_ids=padded, attention_mask=padded.ne(0).long()).logits  # row 1: all padding
+        for cu in ([0, 4, 4, 7], [0, 4, 7, 7]):  # empty in the middle, empty at the end
+            got = model(input_ids=torch.cat([a, b])[None], cu_seq_lens_q=torch.tensor(cu, dtype=torch.int32),
+                        max_length_q=4).logits
+            order = [0, 1, 2] if cu[2] == 4 else [0, 2, 1]
+            assert torch.allclose(got, want[order], atol=1e-5), cu
+
+
+def test_a_folder_without_its_model_code_is_named_by_the_glue_loader(tmp_path):
+    """A missing remote-code file fails inside transformers before the model's code runs (an OSError pointing at a
+    Hub URL built from the local path), so only the tooling can say more: the GLUE loader's ModelLoadError names the
+    missing file (asked with --trust-remote-code; without it the loader asks for that flag first)."""
+    from conftest import tiny_config
+    from mosaic_bert import BertForSequenceClassification
+    from mosaic_bert.glue.finetune import load_model
+    from mosaic_bert.glue.tasks import TASKS
+    BertForSequenceClassification(tiny_config()).save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "modeling_bert.py").unlink()
+    with pytest.raises(ModelLoadError, match="modeling_bert.py"):
+        load_model(str(tmp_path / "m"), TASKS["rte"], trust_remote_code=True)

@@ -25,7 +25,9 @@ Parameter names follow the original MosaicBERT checkpoints (`bert.encoder.layer.
 """
 
 import functools
+import json
 import math
+import os
 import sys
 from typing import NamedTuple, Optional
 
@@ -636,6 +638,48 @@ def register_peft_defaults() -> None:
             table.setdefault(BertConfig.model_type, list(PEFT_DEFAULT_TARGET_MODULES))
 
 
+def _safetensors_problem(path: str) -> Optional[str]:
+    """What is wrong with a safetensors file, judged from its header and size alone (None: nothing seen)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if len(head) < 8 or 8 + n > size:
+            return f"is truncated ({size} bytes, shorter than its own header)"
+        text = f.read(n)
+    try:
+        header = json.loads(text)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or not all(isinstance(v, dict) for v in header.values()):
+        return "has a damaged header (not a safetensors file, or overwritten)"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and "data_offsets" in v), default=0)
+    if 8 + n + end > size:
+        return f"is truncated ({size} bytes; its tensors need {8 + n + end})"
+    return None
+
+
+def _check_local_weights(source, subfolder=None) -> None:
+    """A truncated or damaged weights file in a local folder is named, with the fix, before transformers reads it
+    (its own error names neither the file nor the cause). Hub ids and folders without safetensors are left alone."""
+    if not isinstance(source, (str, os.PathLike)):
+        return
+    folder = os.path.join(source, subfolder or "")
+    if not os.path.isdir(folder):
+        return
+    files = ["model.safetensors"]
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f).get("weight_map", {}).values()))
+    for name in files:
+        path = os.path.join(folder, name)
+        problem = _safetensors_problem(path) if os.path.isfile(path) else None
+        if problem:
+            raise ValueError(f"{path} {problem}: the file was cut short or damaged (an interrupted save, copy or "
+                             "download). Copy or download it again, or save the model again from its source.")
+
+
 class BertPreTrainedModel(PreTrainedModel):
     config_class = BertConfig
     base_model_prefix = "bert"
@@ -698,6 +742,8 @@ class BertPreTrainedModel(PreTrainedModel):
         so that the model, and a folder it saves, keep MosaicBERT's model_type."""
         if "config" in kwargs:
             kwargs["config"] = cls.config_class.from_stock(kwargs["config"])
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        _check_local_weights(source, kwargs.get("subfolder"))
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
 
@@ -706,7 +752,6 @@ class BertPreTrainedModel(PreTrainedModel):
 
         missing, unexpected = encoder_keys(info.get("missing_keys", [])), encoder_keys(info.get("unexpected_keys", []))
         if missing or unexpected:
-            source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
             raise ValueError(
                 f"{source} is not a {cls.__name__} checkpoint of this shape: "
                 f"missing encoder weights {missing[:8]}{' ...' if len(missing) > 8 else ''}; "
