@@ -87,3 +87,10 @@ def test_lora_defaults_with_the_model_cards_stock_config(tmp_path):
     model = BertForTokenClassification.from_pretrained(tmp_path / "m", config=config)
     adapted = get_peft_model(model, LoraConfig(task_type="TOKEN_CLS"))
     assert _lora_modules(adapted) == QKV
+
+
+def test_transformers_add_adapter_uses_the_same_defaults():
+    """transformers' own PEFT integration (`model.add_adapter`) asks PEFT for the defaults too."""
+    model = BertForTokenClassification(tiny_config(num_labels=3))
+    model.add_adapter(LoraConfig())
+    assert sorted({n.split(".lora_")[0] for n, _ in model.named_parameters() if ".lora_" in n}) == QKV
