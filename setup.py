@@ -35,6 +35,8 @@ setup(
             "scipy",
         ],
         "triton": ["triton>=3.0"],
-        "dev": ["pytest", "triton>=3.0", "peft>=0.21"],
+        # parameterized: transformers' common model tests (tests/modeling/test_transformers_common.py) import it;
+        # onnx, onnxruntime, onnxscript: the ONNX export test (torch.onnx.export(..., dynamo=True))
+        "dev": ["pytest", "triton>=3.0", "peft>=0.21", "parameterized", "onnx", "onnxruntime", "onnxscript"],
     },
 )

@@ -149,15 +149,18 @@ def _unpad_heads(out: torch.Tensor, pad_index: torch.Tensor) -> torch.Tensor:
     return index_first_axis(out.transpose(1, 2).reshape(n * L, h, d), pad_index)
 
 
-def eager_attention_with_probs(qkv, seqs: Sequences, slopes, dropout_p: float):
+def eager_attention_with_probs(qkv, seqs: Sequences, slopes, dropout_p: float, through=None):
     """Plain matmul-softmax in fp32, with the ALiBi bias and padding masking; supports attention dropout.
     Returns the output (total_nnz, n_heads, head_dim) and the attention probabilities after dropout
-    (n_seqs, n_heads, max_seqlen, max_seqlen), zero at padding keys."""
+    (n_seqs, n_heads, max_seqlen, max_seqlen), zero at padding keys. `through`: a function the probabilities pass
+    through before they multiply the values (output_attentions keeps them on the autograd path this way)."""
     q, k, v, pad_index, key_valid = _padded_qkv(qkv, seqs)
     bias = alibi_bias(slopes, seqs.max_seqlen)[None].masked_fill(~key_valid[:, None, None, :], float("-inf"))
     scores = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1]) + bias
     probs = torch.softmax(scores, dim=-1)
     probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0).to(v.dtype)
+    if through is not None:
+        probs = through(probs)
     return _unpad_heads(torch.matmul(probs, v), pad_index), probs
 
 
@@ -699,8 +702,9 @@ class BertPreTrainedModel(PreTrainedModel):
             name = BACKEND_ATTN_IMPLEMENTATION[getattr(self.config, "attention_backend", "auto") or "auto"]
         if name not in ATTN_IMPLEMENTATIONS:
             raise ValueError(
-                f"attn_implementation={name!r} is not available for MosaicBERT (ALiBi attention on unpadded tokens); "
-                f"use one of {list(ATTN_IMPLEMENTATIONS)} (mosaic_auto, the default, picks the fastest that applies)."
+                f"Specified `attn_implementation=\"{name}\"` is not supported by MosaicBERT (ALiBi attention on "
+                f"unpadded tokens); use one of {list(ATTN_IMPLEMENTATIONS)} (mosaic_auto, the default, picks the "
+                "fastest that applies)."
             )
         if name == "flash_attention_2":
             self._flash_attn_can_dispatch(flash_attn_version=2, is_init_check=is_init_check)
@@ -805,32 +809,58 @@ def _repad(hidden, grid: TokenGrid, subset_idx, masked_positions, last_padded=No
     return padded
 
 
-def attention_grid(probs: torch.Tensor, seqs: Sequences, grid: TokenGrid, total: int) -> torch.Tensor:
-    """Attention probabilities per sequence (n_seqs, n_heads, max_seqlen, max_seqlen) -> the caller's layout
-    (batch, n_heads, seqlen, seqlen): each (query, key) pair of a sequence at its positions in its row, zero between
-    tokens of different sequences (padding, other documents of a packed row)."""
-    n, heads, L, _ = probs.shape
+class AttentionPairs(NamedTuple):
+    """Where the (query, key) pairs of each sequence lie in the caller's (batch, n_heads, seqlen, seqlen) layout."""
+
+    pair: torch.Tensor  # (n_seqs, L, L) bool: both offsets are tokens of the sequence
+    target: torch.Tensor  # (n_pairs,) flat (row, query, key) index, row `batch` for filler tokens
+    grid: TokenGrid
+
+
+def attention_pairs(seqs: Sequences, grid: TokenGrid, total: int) -> AttentionPairs:
     pad_index, _ = seqs.padded_layout(total)
-    positions = grid.indices if grid.indices is not None else torch.arange(total, device=probs.device)
-    slot = torch.full((n * L,), -1, dtype=torch.long, device=probs.device)
+    n, L, device = seqs.n_seqs, seqs.max_seqlen, pad_index.device
+    positions = grid.indices if grid.indices is not None else torch.arange(total, device=device)
+    slot = torch.full((n * L,), -1, dtype=torch.long, device=device)
     slot = slot.index_copy(0, pad_index, positions).view(n, L)  # grid position of each (sequence, offset), -1: none
     valid = slot >= 0
-    pair = valid[:, :, None] & valid[:, None, :]  # (n, L, L)
+    pair = valid[:, :, None] & valid[:, None, :]
     row, col = slot // grid.seqlen, slot % grid.seqlen
     target = (row[:, :, None] * grid.seqlen + col[:, :, None]) * grid.seqlen + col[:, None, :]  # (n, L, L)
-    values = probs.permute(0, 2, 3, 1)[pair]  # (n_pairs, n_heads)
-    size = (grid.batch + 1) * grid.seqlen * grid.seqlen  # one extra row: filler tokens (index batch * seqlen)
-    out = index_put_first_axis(values, target[pair], size)[: grid.batch * grid.seqlen * grid.seqlen]
-    return out.view(grid.batch, grid.seqlen, grid.seqlen, heads).permute(0, 3, 1, 2)
+    return AttentionPairs(pair, target[pair], grid)
 
 
-def recording_eager_attention(sink: list):
-    """The eager attention function, appending each call's probabilities (n_seqs, n_heads, L, L) to `sink`."""
+def probs_to_grid(probs: torch.Tensor, pairs: AttentionPairs) -> torch.Tensor:
+    """(n_seqs, n_heads, L, L) per sequence -> (batch, n_heads, seqlen, seqlen): each pair at its positions in its
+    row, zero between tokens of different sequences (padding, other documents of a packed row)."""
+    g = pairs.grid
+    values = probs.permute(0, 2, 3, 1)[pairs.pair]  # (n_pairs, n_heads)
+    out = index_put_first_axis(values, pairs.target, (g.batch + 1) * g.seqlen * g.seqlen)  # + filler row
+    return out[: g.batch * g.seqlen * g.seqlen].view(g.batch, g.seqlen, g.seqlen, -1).permute(0, 3, 1, 2)
+
+
+def probs_from_grid(in_grid: torch.Tensor, pairs: AttentionPairs, n_seqs: int, max_seqlen: int) -> torch.Tensor:
+    """The inverse of `probs_to_grid` (filler tokens' pairs read zero): (n_seqs, n_heads, L, L)."""
+    g, heads = pairs.grid, in_grid.shape[1]
+    flat = in_grid.permute(0, 2, 3, 1).reshape(g.batch * g.seqlen * g.seqlen, heads)
+    flat = torch.cat([flat, flat.new_zeros((g.seqlen * g.seqlen, heads))])
+    at = torch.nonzero(pairs.pair.reshape(-1), as_tuple=False).flatten()
+    out = index_put_first_axis(index_first_axis(flat, pairs.target), at, n_seqs * max_seqlen * max_seqlen)
+    return out.view(n_seqs, max_seqlen, max_seqlen, heads).permute(0, 3, 1, 2)
+
+
+def recording_eager_attention(sink: list, grid: TokenGrid):
+    """The eager attention function, appending each call's probabilities in the caller's layout
+    (batch, n_heads, seqlen, seqlen) to `sink`; the output is computed from them (they are on the autograd path)."""
 
     def attention(qkv, seqs: Sequences, slopes, dropout_p: float) -> torch.Tensor:
-        out, probs = eager_attention_with_probs(qkv, seqs, slopes, dropout_p)
-        sink.append(probs)
-        return out
+        pairs = attention_pairs(seqs, grid, qkv.shape[0])
+
+        def through_grid(probs):
+            sink.append(probs_to_grid(probs, pairs))
+            return probs_from_grid(sink[-1], pairs, seqs.n_seqs, seqs.max_seqlen)
+
+        return eager_attention_with_probs(qkv, seqs, slopes, dropout_p, through_grid)[0]
 
     return attention
 
@@ -850,7 +880,7 @@ class BertModel(BertPreTrainedModel):
     def get_input_embeddings(self):
         return self.embeddings.word_embeddings
 
-    def _attention_function(self, hidden: torch.Tensor, probs_sink: Optional[list]):
+    def _attention_function(self, hidden: torch.Tensor, probs_sink: Optional[list], grid: TokenGrid):
         """The attention implementation for every layer of this forward: it depends on the device, the activation
         dtype and whether attention dropout is active, which are known only here (autocast is a runtime setting).
         With `probs_sink` (output_attentions), the eager path, recording each layer's probabilities there."""
@@ -865,7 +895,7 @@ class BertModel(BertPreTrainedModel):
                 f"output_attentions=True: attention runs on the eager path for those calls (only it forms the "
                 f"probabilities), not {backend!r}; load the model with attn_implementation='eager' to say so."
             )
-        return recording_eager_attention(probs_sink)
+        return recording_eager_attention(probs_sink, grid)
 
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
@@ -931,7 +961,7 @@ class BertModel(BertPreTrainedModel):
             subset_idx = _rows_of_positions(u.indices, masked_positions, batch * seqlen, total)
         grid = TokenGrid(u.indices, batch, seqlen, fill)
         probs = [] if output_attentions else None
-        attention_fn = self._attention_function(hidden, probs)
+        attention_fn = self._attention_function(hidden, probs, grid)
         hidden, all_hidden = self.encoder(hidden, seqs, attention_fn, subset_idx, grid if output_hidden_states else None)
 
         sequence_output = _repad(hidden, grid, subset_idx, masked_positions, all_hidden[-1] if all_hidden else None)
@@ -941,7 +971,7 @@ class BertModel(BertPreTrainedModel):
             first = _first_tokens(hidden, u.cu_seqlens) if padding_free else sequence_output[:, 0]
             pooled_output = self.pooler(first)
         hidden_states = tuple(all_hidden) if output_hidden_states else None
-        attentions = tuple(attention_grid(p, seqs, grid, total) for p in probs) if output_attentions else None
+        attentions = tuple(probs) if output_attentions else None
 
         if not return_dict:
             return tuple(v for v in (sequence_output, pooled_output, hidden_states, attentions) if v is not None)

@@ -169,7 +169,7 @@ def test_unsupported_attn_implementations_are_refused_with_the_choices(tmp_path)
     with pytest.raises(ValueError, match="mosaic_auto.*mosaic_triton"):
         BertModel.from_pretrained(tmp_path, attn_implementation="flex_attention")
     model = BertModel.from_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="not available for MosaicBERT"):
+    with pytest.raises(ValueError, match="not supported by MosaicBERT"):
         model.set_attn_implementation("paged|eager")
     if mb.fa2_varlen_qkvpacked is None:  # flash-attn not installed: transformers' own check says so
         with pytest.raises((ImportError, ValueError)):
@@ -253,7 +253,9 @@ def test_hidden_states_are_on_the_autograd_path(layout):
     g = torch.Generator().manual_seed(5)
     weight = torch.randn(*ids.shape, 32, generator=g, dtype=torch.float64)
     if layout == "padded":
-        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+        for a in out.attentions:
+            a.retain_grad()
     else:  # (1, total) tokens; compared with the reference on the padded grid at the real tokens
         lengths = mask.sum(1)
         cu = torch.cat([torch.zeros(1, dtype=torch.int32), lengths.cumsum(0).int()])
@@ -281,3 +283,7 @@ def test_hidden_states_are_on_the_autograd_path(layout):
         got = h.grad if layout == "padded" else h.grad[0]
         want = want if layout == "padded" else want[mask.bool()]
         assert _maxdiff(got, want) < 1e-4 * max(1.0, want.abs().max().item()), k
+    if layout == "padded":  # the attention probabilities are on the path too: gradient at every same-sequence pair
+        same = _same_sequence(mask)[:, None].expand_as(out.attentions[0])
+        for a in out.attentions:
+            assert a.grad is not None and (a.grad[same] != 0).float().mean() > 0.9 and not a.grad[~same].any()
