@@ -242,3 +242,20 @@ def test_save_is_silent_and_reload_reties_the_decoder(saved, tmp_path):
     reloaded = BertForMaskedLM.from_pretrained(tmp_path / "tied")
     assert reloaded.cls.predictions.decoder.weight is reloaded.bert.embeddings.word_embeddings.weight
     assert torch.equal(reloaded.bert.embeddings.word_embeddings.weight, model.bert.embeddings.word_embeddings.weight)
+
+
+def test_what_stays_outside_our_control_is_loud(saved, monkeypatch):
+    """Two consequences of the own model_type that only transformers decides, pinned so that docs stay right:
+    the stock class `transformers.BertForMaskedLM` still builds a stock BERT from our folder, but never silently (the
+    model-type warning names mosaic_bert); and `AutoTokenizer` reads the config first, so without
+    `trust_remote_code=True` it asks whether to run the folder's code (then falls back to a plain config)."""
+    folder, _ = saved
+    with _Records() as records:
+        transformers.BertForMaskedLM.from_pretrained(folder)
+    assert [line for line in records.lines if "model of type `mosaic_bert`" in line], records.lines
+    AutoTokenizer.from_pretrained(BERT_TOKENIZER).save_pretrained(folder)
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt="": asked.append(prompt) or "n")
+    assert AutoTokenizer.from_pretrained(folder, trust_remote_code=True).mask_token == "[MASK]" and not asked
+    assert AutoTokenizer.from_pretrained(folder).mask_token == "[MASK]"
+    assert asked and "trust_remote_code=True" in asked[0]
