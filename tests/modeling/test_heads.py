@@ -84,6 +84,24 @@ def test_token_classification_padded_equals_each_sequence_alone():
             assert (batched[i, :n] - alone).abs().max() <= 1e-5
 
 
+def test_token_classification_takes_transformers_padding_free_batches():
+    """`DataCollatorWithFlattening(return_flash_attn_kwargs=True)` batches: logits (1, total, num_labels) equal the
+    padded batch's at the real tokens; the loss is the cross-entropy over the collator's labels."""
+    model = _token_model().eval()
+    ids, mask, _, _, _ = ragged_batch([5, 2, 4], seed=10)
+    labels = torch.randint(0, 5, ids.shape)
+    lengths = mask.sum(1).tolist()
+    features = [dict(input_ids=ids[i, :n].tolist(), labels=labels[i, :n].tolist()) for i, n in enumerate(lengths)]
+    batch = transformers.DataCollatorWithFlattening(return_flash_attn_kwargs=True, return_tensors="pt")(features)
+    with torch.no_grad():
+        padded = model(input_ids=ids, attention_mask=mask).logits
+        flat = model(**batch)
+    assert flat.logits.shape == (1, sum(lengths), 5)
+    assert (flat.logits[0] - padded[mask.bool()]).abs().max() <= 1e-5
+    ref = F.cross_entropy(flat.logits[0].double(), batch["labels"][0], ignore_index=-100)
+    assert abs(flat.loss.item() - ref.item()) <= 1e-6
+
+
 def test_token_classification_labels_are_checked():
     model = _token_model(num_labels=3)
     ids, mask, _, _, _ = ragged_batch([4, 2], seed=4)
