@@ -637,7 +637,8 @@ def register_peft_defaults() -> None:
     if constants is None:
         return
     for name, table in vars(constants).items():
-        if name.endswith("_TARGET_MODULES_MAPPING") and isinstance(table, dict) and table.get("bert") == ["query", "value"]:
+        bert_default = table.get("bert") if isinstance(table, dict) else None
+        if name.endswith("_TARGET_MODULES_MAPPING") and bert_default == ["query", "value"]:
             table.setdefault(BertConfig.model_type, list(PEFT_DEFAULT_TARGET_MODULES))
 
 
@@ -656,7 +657,8 @@ def _safetensors_problem(path: str) -> Optional[str]:
         header = None
     if not isinstance(header, dict) or not all(isinstance(v, dict) for v in header.values()):
         return "has a damaged header (not a safetensors file, or overwritten)"
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and "data_offsets" in v), default=0)
+    offsets = [v["data_offsets"] for k, v in header.items() if k != "__metadata__" and "data_offsets" in v]
+    end = max((o[1] for o in offsets), default=0)  # the tensors' bytes follow the header
     if 8 + n + end > size:
         return f"is truncated ({size} bytes; its tensors need {8 + n + end})"
     return None
@@ -1085,8 +1087,9 @@ def _check_token_inputs(config, input_ids, inputs_embeds):
     """Dtype and size checks that cost no host sync; returns `input_ids` as int64/int32 (any integer dtype is cast)."""
     if input_ids is not None:
         if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-            raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}; pass the tokenizer's "
-                             "ids (return_tensors='pt' gives int64), or .long() them if they are whole numbers.")
+            raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}; pass the "
+                             "tokenizer's ids (return_tensors='pt' gives int64), or .long() them if they are whole "
+                             "numbers.")
         if input_ids.dtype not in (torch.long, torch.int32):
             input_ids = input_ids.long()  # int16/uint8/...: the embedding lookup takes int64 or int32
     if inputs_embeds is not None and (inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size):
@@ -1188,7 +1191,8 @@ class BertForSequenceClassification(BertPreTrainedModel):
 class BertForTokenClassification(BertPreTrainedModel):
     """MosaicBERT with a classifier on every token (NER, tagging), as transformers' `BertForTokenClassification`:
     `logits` (batch, seqlen, num_labels), zeros at padding; `labels` (batch, seqlen) class ids with -100 where no loss
-    is wanted (special tokens, word continuations, padding); `loss` is the mean cross-entropy over the labelled tokens."""
+    is wanted (special tokens, word continuations, padding); `loss` is the mean cross-entropy over the labelled
+    tokens. Padding-free batches (`DataCollatorWithFlattening`) work as for the encoder."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -1232,8 +1236,8 @@ class BertForQuestionAnswering(BertPreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
         if config.num_labels != 2:
-            raise ValueError(f"BertForQuestionAnswering predicts a start and an end logit per token, so num_labels must "
-                             f"be 2, got {config.num_labels}; load it with num_labels=2.")
+            raise ValueError(f"BertForQuestionAnswering predicts a start and an end logit per token, so num_labels "
+                             f"must be 2, got {config.num_labels}; load it with num_labels=2.")
         self.num_labels = config.num_labels
         self.bert = BertModel(config, add_pooling_layer=False)
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
@@ -1276,16 +1280,18 @@ class BertForMultipleChoice(BertPreTrainedModel):
                 labels=None, output_hidden_states=None, return_dict=None, **kwargs):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         ref = input_ids if input_ids is not None else inputs_embeds
+        name = "input_ids" if input_ids is not None else "inputs_embeds"
         if ref is not None and ref.dim() != (3 if input_ids is not None else 4):
-            raise ValueError(f"multiple-choice inputs are (batch, num_choices, seqlen), got "
-                             f"{'input_ids' if input_ids is not None else 'inputs_embeds'} of shape {tuple(ref.shape)}; "
-                             "tokenize each (context, choice) pair and stack the choices along dimension 1.")
+            raise ValueError(f"multiple-choice inputs are (batch, num_choices, seqlen), got {name} of shape "
+                             f"{tuple(ref.shape)}; tokenize each (context, choice) pair and stack the choices along "
+                             "dimension 1.")
         num_choices = ref.shape[1] if ref is not None else 0
         if labels is not None:
             _check_class_ids(self.config, labels, num_classes=num_choices)
         outputs = self.bert(_flatten_choices(input_ids, 1), attention_mask=_flatten_choices(attention_mask, 1),
                             token_type_ids=_flatten_choices(token_type_ids, 1),
-                            position_ids=_flatten_choices(position_ids, 1), inputs_embeds=_flatten_choices(inputs_embeds, 2),
+                            position_ids=_flatten_choices(position_ids, 1),
+                            inputs_embeds=_flatten_choices(inputs_embeds, 2),
                             output_hidden_states=output_hidden_states, return_dict=True, **kwargs)
         scores = self.classifier(self.dropout(outputs.pooler_output))  # (batch * num_choices, 1)
         logits = scores.reshape(-1, num_choices)  # (batch, num_choices)

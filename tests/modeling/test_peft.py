@@ -1,6 +1,6 @@
 """PEFT with default arguments (issue 12): `LoraConfig(task_type=...)` without `target_modules` picks its targets by
-`config.model_type` from PEFT's own tables; the model adds "mosaic_bert" there (the fused q/k/v projection `Wqkv`,
-as PEFT does for GPT-2 and MPT), so LoRA works out of the box while the checkpoint's parameter names stay as they are."""
+`config.model_type` from PEFT's own tables; the model adds "mosaic_bert" there (the fused q/k/v projection
+`Wqkv`, as PEFT does for GPT-2 and MPT), so LoRA works out of the box while the checkpoint's parameter names stay."""
 
 import pytest
 import torch

@@ -22,7 +22,8 @@ from mosaic_bert import BertConfig, BertForMaskedLM, BertForSequenceClassificati
 from mosaic_bert.modeling import __file__ as MODELING_INIT
 
 SHIPPED = ("configuration_bert.py", "modeling_bert.py", "bert_padding.py", "flash_attn_triton.py")
-ALLOWED_TOP_LEVEL = {"torch", "transformers", "triton", "flash_attn", "functools", "json", "math", "os", "sys", "typing"}
+ALLOWED_TOP_LEVEL = {"torch", "transformers", "triton", "flash_attn",
+                     "functools", "json", "math", "os", "sys", "typing"}
 
 CHILD = textwrap.dedent(
     r"""
