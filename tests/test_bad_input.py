@@ -211,7 +211,10 @@ def damaged_weights(how: str):
         BertForMaskedLM(tiny_config()).save_pretrained(tmp_path / "m")
         p = tmp_path / "m" / "model.safetensors"
         data = bytearray(p.read_bytes())
-        p.write_bytes(data[: len(data) // 2] if how.startswith("truncated") else data[:8] + b"x" * 32 + data[40:])
+        if how == "lfs":
+            data = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 97080\n"
+        p.write_bytes(data[: len(data) // 2] if how.startswith("truncated") else
+                      data if how == "lfs" else data[:8] + b"x" * 32 + data[40:])
         if how == "truncated, through remote code":
             from transformers import AutoModelForMaskedLM
             AutoModelForMaskedLM.from_pretrained(tmp_path / "m", trust_remote_code=True)
@@ -243,6 +246,7 @@ MODEL_CASES = [
     ("truncated safetensors, remote code", damaged_weights("truncated, through remote code"),
      ["model.safetensors", "truncated", "again"]),
     ("overwritten safetensors header", damaged_weights("header"), ["model.safetensors", "damaged header", "again"]),
+    ("Git LFS pointer for weights", damaged_weights("lfs"), ["model.safetensors", "Git LFS pointer", "git lfs pull"]),
 ]
 
 

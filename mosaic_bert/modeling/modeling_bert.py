@@ -642,31 +642,39 @@ def register_peft_defaults() -> None:
             table.setdefault(BertConfig.model_type, list(PEFT_DEFAULT_TARGET_MODULES))
 
 
+_DAMAGED = ("the file was cut short or damaged (an interrupted save, copy or download). Copy or download it again, or "
+            "save the model again from its source.")
+_LFS_POINTER = ("it is a Git LFS pointer, not the weights (a clone without git-lfs). Run `git lfs pull` in the folder, "
+                "or download the repository with huggingface_hub.")
+
+
 def _safetensors_problem(path: str) -> Optional[str]:
-    """What is wrong with a safetensors file, judged from its header and size alone (None: nothing seen)."""
+    """What is wrong with a safetensors file and the fix, judged from its header and size alone (None: nothing)."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
+        if head == b"version ":
+            return f"is {size} bytes: {_LFS_POINTER}"
         n = int.from_bytes(head, "little") if len(head) == 8 else 0
         if len(head) < 8 or 8 + n > size:
-            return f"is truncated ({size} bytes, shorter than its own header)"
+            return f"is truncated ({size} bytes, shorter than its own header): {_DAMAGED}"
         text = f.read(n)
     try:
         header = json.loads(text)
     except ValueError:
         header = None
     if not isinstance(header, dict) or not all(isinstance(v, dict) for v in header.values()):
-        return "has a damaged header (not a safetensors file, or overwritten)"
+        return f"has a damaged header (not a safetensors file, or overwritten): {_DAMAGED}"
     offsets = [v["data_offsets"] for k, v in header.items() if k != "__metadata__" and "data_offsets" in v]
     end = max((o[1] for o in offsets), default=0)  # the tensors' bytes follow the header
     if 8 + n + end > size:
-        return f"is truncated ({size} bytes; its tensors need {8 + n + end})"
+        return f"is truncated ({size} bytes; its tensors need {8 + n + end}): {_DAMAGED}"
     return None
 
 
 def _check_local_weights(source, subfolder=None) -> None:
-    """A truncated or damaged weights file in a local folder is named, with the fix, before transformers reads it
-    (its own error names neither the file nor the cause). Hub ids and folders without safetensors are left alone."""
+    """A truncated or damaged weights file (or a Git LFS pointer) in a local folder is named, with the fix, before
+    transformers reads it (its own error names neither the file nor the cause). Hub ids are left alone."""
     if not isinstance(source, (str, os.PathLike)):
         return
     folder = os.path.join(source, subfolder or "")
@@ -681,8 +689,7 @@ def _check_local_weights(source, subfolder=None) -> None:
         path = os.path.join(folder, name)
         problem = _safetensors_problem(path) if os.path.isfile(path) else None
         if problem:
-            raise ValueError(f"{path} {problem}: the file was cut short or damaged (an interrupted save, copy or "
-                             "download). Copy or download it again, or save the model again from its source.")
+            raise ValueError(f"{path} {problem}")
 
 
 class BertPreTrainedModel(PreTrainedModel):
