@@ -77,8 +77,10 @@ def unpad_mask(attention_mask: torch.Tensor, max_seqlen: Optional[int] = None) -
     batch, seqlen = attention_mask.shape
     flat = attention_mask.reshape(-1).to(torch.long)
     real = torch.nonzero(flat, as_tuple=False).flatten()  # (total_nnz,) row-major
-    group = (real // seqlen) * 2**32 + flat[real]  # one value per (row, document)
-    order = torch.argsort(group * seqlen + real % seqlen)  # unique keys; the identity for 0/1 masks
+    row = real // seqlen
+    col = real - row * seqlen  # not `real % seqlen`: the ONNX exporter cannot take a symbolic remainder
+    group = row * 2**32 + flat[real]  # one value per (row, document)
+    order = torch.argsort(group * seqlen + col)  # unique keys; the identity for 0/1 masks
     indices, group = real[order], group[order]
     starts = group != torch.cat([group[:1] - 1, group[:-1]])  # first token of each sequence
     seq_starts = torch.nonzero(starts, as_tuple=False).flatten()

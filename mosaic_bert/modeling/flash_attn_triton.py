@@ -835,8 +835,10 @@ def varlen_padded_layout(cu_seqlens: torch.Tensor, total: int, max_seqlen: int):
     never gathered).  No host sync: sizes come from shapes and arguments."""
     cu = cu_seqlens.long()
     seqlens = cu[1:] - cu[:-1]
-    seq_id = torch.repeat_interleave(
-        torch.arange(seqlens.shape[0], device=cu.device), seqlens, output_size=total)
+    # seq_id[t] = the number of sequences ending at or before token t (a cumsum of end marks, which the ONNX
+    # exporter translates, unlike repeat_interleave with output_size); empty sequences are counted, never holding t
+    ends = torch.zeros(total + 1, dtype=torch.long, device=cu.device).index_add(0, cu[1:], torch.ones_like(cu[1:]))
+    seq_id = ends.cumsum(0)[:total]
     pos = torch.arange(total, device=cu.device) - cu[seq_id]
     cols = torch.arange(max_seqlen, device=cu.device)[None, :]
     key_valid = (cols < seqlens[:, None]) | (cols == 0)
