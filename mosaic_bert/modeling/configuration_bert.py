@@ -58,6 +58,9 @@ class BertConfig(_HFBertConfig):
     checked here (each >= 1, heads dividing hidden_size) with errors that name the field.
     """
 
+    # The class keeps the name BertConfig: transformers 5.17 checks, when the model card passes a stock BertConfig as
+    # config=, that the remote model's config_class has the same class name. transformers' Auto classes also look
+    # configs up by class name, so modeling_bert.AUTO_MAP lists every Auto class that has a "bert" entry.
     model_type = MODEL_TYPE
 
     def __init__(

@@ -612,13 +612,15 @@ def _token_layout(input_ids, inputs_embeds, attention_mask, position_ids, cu_seq
 AUTO_MAP = {
     "AutoConfig": "configuration_bert.BertConfig",
     "AutoModel": "modeling_bert.BertModel",
+    "AutoModelForTextEncoding": "modeling_bert.BertModel",
     "AutoModelForMaskedLM": "modeling_bert.BertForMaskedLM",
     "AutoModelForSequenceClassification": "modeling_bert.BertForSequenceClassification",
     "AutoModelForTokenClassification": "modeling_bert.BertForTokenClassification",
     "AutoModelForQuestionAnswering": "modeling_bert.BertForQuestionAnswering",
     "AutoModelForMultipleChoice": "modeling_bert.BertForMultipleChoice",
     # stock BERT heads that MosaicBERT does not have: listed so that they fail with the reason instead of falling back
-    # to stock BERT with a random encoder (which a stock BertConfig passed as config= would otherwise allow)
+    # to stock BERT with a random encoder: transformers finds its own classes by the config's class name (BertConfig,
+    # ours or the stock one the model card passes), so every Auto class with a "bert" entry must be answered here.
     "AutoModelForPreTraining": "modeling_bert.BertForPreTraining",
     "AutoModelForNextSentencePrediction": "modeling_bert.BertForNextSentencePrediction",
     "AutoModelForCausalLM": "modeling_bert.BertLMHeadModel",

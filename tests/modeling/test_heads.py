@@ -245,8 +245,3 @@ def test_heads_we_do_not_ship_fail_loudly(folder, auto):
         auto.from_pretrained(folder, config=stock, trust_remote_code=True)
     with pytest.raises(ValueError, match="next-sentence-prediction"):
         BertForPreTraining(tiny_config())
-
-
-def test_an_auto_class_outside_bert_is_refused_not_loaded(folder):
-    with pytest.raises(ValueError, match="Unrecognized configuration class"):
-        transformers.AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)

@@ -91,7 +91,8 @@ def test_saved_folder_loads_as_remote_code_in_fresh_process(tmp_path):
     assert {"model.safetensors", "config.json", "configuration_bert.py", "modeling_bert.py", "bert_padding.py",
             "flash_attn_triton.py", "tokenizer.json"} <= files
     auto_map = json.loads((mlm_dir / "config.json").read_text())["auto_map"]
-    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForMaskedLM", "AutoModelForSequenceClassification",
+    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForTextEncoding", "AutoModelForMaskedLM",
+                             "AutoModelForSequenceClassification",
                              "AutoModelForTokenClassification", "AutoModelForQuestionAnswering",
                              "AutoModelForMultipleChoice", "AutoModelForPreTraining",
                              "AutoModelForNextSentencePrediction", "AutoModelForCausalLM"}
@@ -197,6 +198,21 @@ def test_without_remote_code_transformers_refuses_the_folder(saved, tmp_path):
     (tmp_path / "no-auto-map" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="mosaic_bert"):
         AutoModelForMaskedLM.from_pretrained(tmp_path / "no-auto-map", trust_remote_code=True)
+
+
+def test_every_auto_class_transformers_maps_for_bert_is_answered_by_our_code(saved):
+    """transformers finds its own classes by the config's class name (BertConfig: ours, or the stock one the model
+    card passes), so any Auto class with a "bert" entry missing from our auto_map would build stock BERT with a random
+    encoder. All are listed (the heads MosaicBERT lacks raise)."""
+    from mosaic_bert.modeling.modeling_bert import AUTO_MAP
+    autos = {name: getattr(transformers, name) for name in dir(transformers) if name.startswith("AutoModel")}
+    bert_autos = {name for name, auto in autos.items()
+                  if "bert" in getattr(getattr(auto, "_model_mapping", None), "_model_mapping", {})}
+    assert {"AutoModel", "AutoModelForMaskedLM", "AutoModelForPreTraining"} <= bert_autos
+    assert bert_autos <= set(AUTO_MAP), bert_autos - set(AUTO_MAP)
+    folder, _ = saved
+    encoder = transformers.AutoModelForTextEncoding.from_pretrained(folder, trust_remote_code=True)
+    assert type(encoder).__name__ == "BertModel" and type(encoder).__module__.startswith("transformers_modules")
 
 
 def test_the_model_card_usage_reads_a_stock_config_as_ours(saved, tmp_path):
