@@ -1115,7 +1115,7 @@ def _check_token_inputs(config, input_ids, inputs_embeds):
 def _first_tokens(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """The first token of each sequence of a padding-free batch, (n_seqs, hidden); zeros for an empty sequence (as an
     all-padding row of a padded batch gives), without asking the device which sequences are empty."""
-    starts = cu_seqlens[:-1].long().clamp(max=max(hidden.shape[0] - 1, 0))
+    starts = cu_seqlens[:-1].long().clamp(max=hidden.shape[0] - 1)  # total_nnz >= 1: empty inputs are refused
     empty = (cu_seqlens[1:] == cu_seqlens[:-1])[:, None]  # (n_seqs, 1)
     first = hidden[starts]
     return torch.where(empty, torch.zeros_like(first), first)
