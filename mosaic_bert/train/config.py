@@ -65,6 +65,8 @@ class DataConfig:
     valid_fraction: float = 0.02           # held-out share when valid_files is None
     cache_dir: Optional[str] = field(default=None, metadata=RUN_DETAIL)  # tokenized cache; default ~/.cache/mosaic_bert
     num_workers: int = field(default=0, metadata=RUN_DETAIL)  # DataLoader workers (masking and collation)
+    # processes converting the data on the fly (one input file each); 0: one per core when the inputs exceed 64 MB
+    num_proc: int = field(default=0, metadata=RUN_DETAIL)
 
 
 @dataclass
@@ -310,6 +312,8 @@ def _check_data(d: DataConfig, tok: TokenizerConfig) -> None:
         v = getattr(d, k)
         _need(v is None or v >= 1, f"data.{k} must be >= 1, or null for no limit; got {v}.")
     _need(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}.")
+    _need(_kind_ok("int", d.num_proc) and d.num_proc >= 0,
+          f"data.num_proc must be >= 0 (0: one conversion process per core for large inputs), got {d.num_proc!r}.")
     _need(tok.name_or_path is not None or tok.vocab_size >= 32,
           f"tokenizer.vocab_size must be >= 32 (special tokens and characters), got {tok.vocab_size}.")
     _need(tok.training_docs >= 1, f"tokenizer.training_docs must be >= 1, got {tok.training_docs}.")

@@ -61,15 +61,26 @@ def test_missing_and_empty_files(tmp_path):
     assert resolve_files(str(tmp_path / "[ab].txt")) == [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]
 
 
-def test_cache_truncate_and_reuse(tmp_path, tokenizer):
+def _held_out(docs, fraction):
+    from mosaic_bert.train.data.sources import doc_hash_bucket
+    return [d for d in docs if doc_hash_bucket(d) < fraction]
+
+
+def test_cache_truncate_and_reuse(tmp_path, tokenizer, docs):
     cfg = DataConfig(train_files=str(SMALL), cache_dir=str(tmp_path), max_seq_len=32, valid_fraction=0.1)
     folder, meta = build_or_load_cache(cfg, tokenizer, log=lambda *a: None)
     tr, va = TokenizedSplit(folder, "train"), TokenizedSplit(folder, "valid")
     assert len(tr) + len(va) == 400 and len(va) > 10             # one sample per document, hash held-out split
-    assert tr.ids.shape[1] == 32 and (tr.ids[:, 0] == tokenizer.cls_token_id).all()
-    assert (tr.lengths <= 32).all() and (tr.lengths == 32).any()  # truncated
-    last = tr.ids[np.arange(len(tr)), tr.lengths - 1]
+    ids, _, lengths = tr.rows(np.arange(len(tr)))
+    assert ids.shape[1] == 32 and (ids[:, 0] == tokenizer.cls_token_id).all()
+    assert (lengths <= 32).all() and (lengths == 32).any()  # truncated
+    last = ids[np.arange(len(tr)), lengths - 1]
     assert (last == tokenizer.sep_token_id).all()
+    # the rows are those of tokenizing each whole document (no prefix cut), in file order
+    kept = [d for d in docs if d not in set(_held_out(docs, 0.1))]
+    whole = tokenizer(kept, add_special_tokens=False)["input_ids"]
+    for r in range(len(tr)):
+        assert ids[r, 1:lengths[r] - 1].tolist() == whole[r][:30]
     folder2, _ = build_or_load_cache(cfg, tokenizer, log=lambda *a: pytest.fail("re-tokenized"))
     assert folder2 == folder
     cfg.max_seq_len = 64                                          # a different key -> another cache
@@ -81,9 +92,10 @@ def test_cache_pack_document_ids(tmp_path, tokenizer):
     cfg = DataConfig(train_files=str(SMALL), cache_dir=str(tmp_path), max_seq_len=64, mode="pack", valid_fraction=0.1)
     folder, meta = build_or_load_cache(cfg, tokenizer, log=lambda *a: None)
     tr = TokenizedSplit(folder, "train")
-    assert (np.asarray(tr.docs).max(1) > 1).mean() > 0.1         # many rows hold several documents
+    all_ids, all_docs, all_n = tr.rows(np.arange(len(tr)))
+    assert (all_docs.max(1) > 1).mean() > 0.1         # many rows hold several documents
     for r in range(20):
-        ids, docs, n = tr.ids[r], tr.docs[r], tr.lengths[r]
+        ids, docs, n = all_ids[r], all_docs[r], all_n[r]
         assert (docs[:n] > 0).all() and (docs[n:] == 0).all()
         assert (np.diff(docs[:n].astype(int)) >= 0).all() and docs[0] == 1
         starts = np.flatnonzero(np.diff(np.concatenate([[0], docs[:n].astype(int)])) != 0)
@@ -131,11 +143,11 @@ def test_hub_streaming_path_on_local_files(tmp_path, tokenizer, docs, monkeypatc
 
     monkeypatch.setattr(datasets, "load_dataset", fake)
     cfg = DataConfig(hub_name="allenai/c4", hub_config="en", cache_dir=str(tmp_path / "c"), max_seq_len=32)
-    with pytest.raises(DataError, match="set data.max_train_docs"):
-        build_or_load_cache(cfg, tokenizer, log=lambda *a: None)
+    folder, meta = build_or_load_cache(cfg, tokenizer, log=lambda *a: None)   # no cap: every document
+    assert set(calls) == {("allenai/c4", "en", "train", True), ("allenai/c4", "en", "validation", True)}
+    assert meta["train"]["documents"] == 120 and meta["valid"]["documents"] == 20
     cfg.max_train_docs, cfg.max_valid_docs = 100, 15
     folder, meta = build_or_load_cache(cfg, tokenizer, log=lambda *a: None)
-    assert calls == [("allenai/c4", "en", "train", True), ("allenai/c4", "en", "validation", True)]
     assert meta["train"]["documents"] == 100 and meta["valid"]["documents"] == 15
 
 

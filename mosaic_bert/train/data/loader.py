@@ -1,7 +1,8 @@
 """Order and batching: which rows, masked how, go into which microbatch of which process.
 
 The sample at global index ``g`` (``g = step * global_batch + offset``) is row ``perm(seed, epoch)[g % N]`` with
-``epoch = g // N``: a pure function of the seed, so a resumed run starts exactly at the next unseen sample. Process
+``epoch = g // N`` and ``perm`` the keyed bijection of ``order.py`` (no table: O(1) memory in every process and
+worker), so a resumed run starts exactly at the next unseen sample. Process
 ``p``'s accumulation step ``a`` of a step takes offsets ``[(a * P + p) * mb, (a * P + p + 1) * mb)``, and masks are
 keyed by ``g``, so a global batch means the same thing on any number of processes.
 """
@@ -9,30 +10,14 @@ keyed by ``g``, so a global batch means the same thing on any number of processe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 
 from ..masking import MLMMasker
-from .store import TokenizedSplit
-
-
-@lru_cache(maxsize=4)
-def _perm(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(n)
-
-
-def global_rows(seed: int, n: int, g: np.ndarray) -> np.ndarray:
-    """Rows for global sample indices ``g`` (a pure function of seed; shuffled anew each epoch)."""
-    g = np.asarray(g, dtype=np.int64)
-    epochs = g // n
-    out = np.empty_like(g)
-    for e in np.unique(epochs):
-        sel = epochs == e
-        out[sel] = _perm(seed, int(e), n)[g[sel] % n]
-    return out
+from .order import global_rows
+from .shards import TokenizedSplit
 
 
 def make_batch(split: TokenizedSplit, rows: np.ndarray, keys: np.ndarray, masker: MLMMasker, trim: bool = True) -> dict:

@@ -158,9 +158,15 @@ def iter_documents_from_files(files: list[str], fmt: str, text_column: str) -> I
             yield from _iter_table_documents(path, f, text_column)
 
 
-def iter_hub_documents(name: str, config: Optional[str], split: str, text_column: str) -> Iterator[str]:
+def iter_hub_documents(name: str, config: Optional[str], split: str, text_column: str,
+                       shard: Optional[tuple[int, int]] = None) -> Iterator[str]:
+    """Documents of a Hub dataset split, streamed; ``shard=(count, index)``: only that contiguous share of its data
+    files (``count`` = the dataset's ``n_shards``: one file)."""
     import datasets  # streaming: nothing downloaded beyond what is read
-    for ex in datasets.load_dataset(name, config, split=split, streaming=True):
+    ds = datasets.load_dataset(name, config, split=split, streaming=True)
+    if shard is not None:
+        ds = ds.shard(num_shards=shard[0], index=shard[1], contiguous=True)
+    for ex in ds:
         t = ex.get(text_column)
         if t and t.strip():
             yield t
@@ -174,10 +180,7 @@ def doc_hash_bucket(doc: str) -> float:
 
 def resolve_sources(cfg, default_corpus: Optional[dict]) -> tuple[list[str], list[str]]:
     """(train files, held-out files) of a data section; both empty for a Hub dataset."""
-    if cfg.hub_name is not None:
-        if cfg.max_train_docs is None:
-            raise DataError(f"data.hub_name={cfg.hub_name} is streamed: set data.max_train_docs (documents to tokenize "
-                            f"into the local cache, e.g. 2000000).")
+    if cfg.hub_name is not None:   # converted shard by shard (data.max_train_docs: optional cap)
         return [], []
     if cfg.train_files is None:
         if default_corpus is None:

@@ -1,8 +1,7 @@
-"""Documents -> tokenized rows on disk, and back.
-
-The cache is a folder of ``.npy`` arrays per split (rows of ``max_seq_len`` token ids, their lengths, and document
-ids when packing), keyed by a hash of (data identity, tokenizer vocabulary, seq_len, mode) and written atomically by
-one process. Reading it needs only numpy (memory-mapped), so the training loop never waits on tokenization.
+"""Documents -> tokenized rows (``DocumentEncoder``), and the run's cache: the data section converted on the fly
+(``convert.py``, the same conversion as scripts/prepare_data.py) into ``cache_dir/tok-<hash>``, keyed by (data
+identity, tokenizer vocabulary, seq_len, mode). Reading it (``shards.py``) needs only numpy memory maps, so the
+training loop never waits on tokenization.
 
 Modes: ``truncate`` (one row per document), ``chunk`` (a document split over rows), ``pack`` (several documents per
 row, first-fit over a few open rows; ``attention_mask`` then holds 1-based document ids, which MosaicBERT reads).
@@ -13,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -21,9 +19,9 @@ import numpy as np
 
 from ...errors import DataError
 from .corpus import default_cache_dir
-from .sources import document_streams, resolve_sources
+from .sources import resolve_sources
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 _CHUNK_ROWS = 65536
 _MAX_OPEN_ROWS = 16   # packing: rows still accepting documents
 _MAX_DOCS_PER_ROW = 255
@@ -104,39 +102,82 @@ class RowPacker:
         self.open = []
 
 
-def tokenize_documents(docs: Iterable[str], tokenizer, seq_len: int, mode: str, batch_docs: int = 1000):
-    """-> ({"ids": (N, seq_len), "lengths": (N,), ["docs": (N, seq_len) uint8 document ids]} or None, documents)."""
-    cls_id, sep_id, pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
-    if cls_id is None or sep_id is None or pad_id is None:
+_FIRST_CUT_CHARS = 8   # truncate mode: characters per usable token tried first (English averages ~4.5)
+_SAFE_CUT_CHARS = 128  # ... and the bound that always suffices (a WordPiece token covers at most 100 characters)
+
+
+def _check_special_tokens(tokenizer):
+    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None or tokenizer.pad_token_id is None:
         raise DataError("The tokenizer needs [CLS], [SEP] and [PAD] tokens for BERT pretraining: use a BERT "
                         "tokenizer (tokenizer.name_or_path) or let the trainer train one (tokenizer.name_or_path=null).")
-    dtype = np.uint16 if len(tokenizer) <= 65535 else np.int32
-    writer = RowWriter(seq_len, pad_id, dtype, with_docs=(mode == "pack"))
-    sink = RowPacker(writer) if mode == "pack" else writer
-    body, n_docs, batch = seq_len - 2, 0, []
-    # truncate keeps a document's first `body` tokens: the characters past body x 128 (a WordPiece token covers at
-    # most 100 characters of a word plus its spacing) are never used, so a huge one-line file is not tokenized whole
-    cut = body * 128 if mode == "truncate" else None
 
-    def encode(batch):
-        enc = tokenizer(batch, add_special_tokens=False, truncation=(mode == "truncate"),
-                        max_length=body if mode == "truncate" else None, return_attention_mask=False,
-                        return_token_type_ids=False)["input_ids"]
-        for toks in (t for t in enc if t):
-            pieces = [toks[:body]] if mode == "truncate" else [toks[i:i + body] for i in range(0, len(toks), body)]
+
+def _prefix(doc: str, chars: int) -> str:
+    """``doc`` cut at the last whitespace before ``chars`` (whole words only, so the prefix's tokens are the
+    document's first tokens); the whole document when it is short or has no whitespace there."""
+    if len(doc) <= chars:
+        return doc
+    cut = doc.rfind(" ", 0, chars + 1)
+    return doc[:cut] if cut > 0 else doc[:chars]
+
+
+class DocumentEncoder:
+    """Documents (in batches) -> [CLS] piece [SEP] rows in a RowWriter (packed in ``pack`` mode). Truncate mode
+    tokenizes only a prefix of each document: first the words in ``body x 8`` characters, and again with ``body x
+    128`` characters for the few documents whose short prefix gave fewer than ``body`` tokens; the rows equal those
+    of tokenizing whole documents."""
+
+    def __init__(self, tokenizer, seq_len: int, mode: str):
+        _check_special_tokens(tokenizer)
+        self.tokenizer, self.mode, self.body = tokenizer, mode, seq_len - 2
+        self.cls, self.sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+        dtype = np.uint16 if len(tokenizer) <= 65535 else np.int32
+        self.writer = RowWriter(seq_len, tokenizer.pad_token_id, dtype, with_docs=(mode == "pack"))
+        self.sink = RowPacker(self.writer) if mode == "pack" else self.writer
+        self.documents = 0
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        trunc = self.mode == "truncate"
+        return self.tokenizer(texts, add_special_tokens=False, truncation=trunc, max_length=self.body if trunc else None,
+                              return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+    def add(self, docs: list[str]):
+        if self.mode == "truncate":
+            first = [_prefix(d, self.body * _FIRST_CUT_CHARS) for d in docs]
+            enc = self._encode(first)
+            again = [i for i, (d, f, t) in enumerate(zip(docs, first, enc)) if len(t) < self.body and len(f) < len(d)]
+            if again:
+                for i, t in zip(again, self._encode([_prefix(docs[i], self.body * _SAFE_CUT_CHARS) for i in again])):
+                    enc[i] = t
+        else:
+            enc = self._encode(docs)
+        for toks in enc:
+            if not toks:
+                continue
+            self.documents += 1
+            pieces = [toks[:self.body]] if self.mode == "truncate" else \
+                [toks[i:i + self.body] for i in range(0, len(toks), self.body)]
             for p in pieces:
-                sink.add([cls_id] + p + [sep_id])
-        return sum(1 for t in enc if t)
+                self.sink.add([self.cls] + p + [self.sep])
 
+    def finish(self) -> tuple[Optional[dict], int]:
+        """({"ids": (N, seq_len), "lengths": (N,), ["docs": (N, seq_len) uint8 document ids]} or None, documents)."""
+        if self.mode == "pack":
+            self.sink.close()
+        return self.writer.arrays(), self.documents
+
+
+def tokenize_documents(docs: Iterable[str], tokenizer, seq_len: int, mode: str, batch_docs: int = 1000):
+    """-> ({"ids": (N, seq_len), "lengths": (N,), ["docs": (N, seq_len) uint8 document ids]} or None, documents)."""
+    enc, batch = DocumentEncoder(tokenizer, seq_len, mode), []
     for d in docs:
-        batch.append(d[:cut] if cut else d)
+        batch.append(d)
         if len(batch) >= batch_docs:
-            n_docs, batch = n_docs + encode(batch), []
+            enc.add(batch)
+            batch = []
     if batch:
-        n_docs += encode(batch)
-    if mode == "pack":
-        sink.close()
-    return writer.arrays(), n_docs
+        enc.add(batch)
+    return enc.finish()
 
 
 def data_identity(cfg, files: list[str], valid_files: list[str]) -> dict:
@@ -151,80 +192,65 @@ def data_identity(cfg, files: list[str], valid_files: list[str]) -> dict:
     }
 
 
-class TokenizedSplit:
-    """Memory-mapped rows of one split."""
-
-    def __init__(self, folder: Path, split: str):
-        self.ids = np.load(folder / f"{split}_ids.npy", mmap_mode="r")
-        self.lengths = np.load(folder / f"{split}_lengths.npy", mmap_mode="r")
-        p = folder / f"{split}_docs.npy"
-        self.docs = np.load(p, mmap_mode="r") if p.exists() else None
-
-    def __len__(self):
-        return self.ids.shape[0]
-
-    @property
-    def seq_len(self):
-        return self.ids.shape[1]
-
-    def rows(self, idx: np.ndarray):
-        """(ids, document ids or 0/1 attention, lengths) of rows ``idx`` as int64 arrays."""
-        idx = np.asarray(idx)
-        ids = np.asarray(self.ids[idx], dtype=np.int64)
-        lengths = np.asarray(self.lengths[idx])
-        if self.docs is not None:
-            docs = np.asarray(self.docs[idx], dtype=np.int64)
-        else:
-            docs = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
-        return ids, docs, lengths
+def _num_proc(cfg, files: list[str]) -> int:
+    """data.num_proc, or (0) one process per core for inputs over 64 MB in several files, else 1 (a process costs
+    seconds to start)."""
+    if getattr(cfg, "num_proc", 0):
+        return int(cfg.num_proc)
+    size = sum(os.path.getsize(f) for f in files) if files else 0
+    return max(1, min(os.cpu_count() or 1, len(files))) if size > 64 << 20 else 1
 
 
-def _write_cache(folder: Path, meta: dict, splits: dict) -> dict:
-    """Write ``splits`` ({name: (arrays, documents)}) and meta.json to a temp folder, then rename it into place."""
-    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for split, (arrs, n_docs) in splits.items():
-        for name, arr in arrs.items():
-            np.save(tmp / f"{split}_{name}.npy", arr)
-        meta[split] = {"rows": int(arrs["ids"].shape[0]), "documents": int(n_docs), "tokens": int(arrs["lengths"].sum()),
-                       "mean_tokens_per_row": float(arrs["lengths"].mean())}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process won the race
-        shutil.rmtree(tmp, ignore_errors=True)
-    return meta
+def _write_lengths(folder: Path, meta: dict):
+    """``train_lengths.npy``: every train row's length in one array (benchmarks/pretrain_bare_loop.py reads it),
+    written through a memory map shard by shard."""
+    from .shards import TokenizedSplit
+    split = TokenizedSplit(folder, "train")
+    tmp = folder / f".train_lengths.npy.tmp-{os.getpid()}"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=(len(split),))
+    for k in range(len(split.shards)):
+        out[split.offsets[k]:split.offsets[k + 1]] = split.shard(k)[1]
+    out.flush()
+    del out
+    os.replace(tmp, folder / "train_lengths.npy")
+
+
+def summary(manifest: dict) -> dict:
+    """The manifest without its shard lists: rows, documents, tokens per split (the run summary's data section)."""
+    return {k: ({kk: vv for kk, vv in v.items() if kk != "shards"} if k in ("train", "valid") else v)
+            for k, v in manifest.items() if k != "identity"}
 
 
 def build_or_load_cache(cfg, tokenizer, log=print, is_main: bool = True, default_corpus: Optional[dict] = None):
-    """Tokenize the data section ``cfg`` once into ``cache_dir/tok-<hash>``; returns (folder, meta). Only the main
-    process may build it (wrap the call in ``accelerator.main_process_first()``)."""
+    """Convert the data section ``cfg`` once (scripts/prepare_data.py's conversion, run on the fly) into
+    ``cache_dir/tok-<hash>``; returns (folder, meta). Only the main process converts (wrap the call in
+    ``accelerator.main_process_first()``); the others read the folder, which must then be on a shared filesystem.
+    An interrupted conversion resumes from its finished shards."""
+    from .convert import convert, file_shards, hub_shards, is_converted
     files, valid_files = resolve_sources(cfg, default_corpus)
     key_obj = {"v": CACHE_VERSION, "data": data_identity(cfg, files, valid_files), "tok": tokenizer_fingerprint(tokenizer),
                "seq_len": cfg.max_seq_len, "mode": cfg.mode}
     key = hashlib.sha256(json.dumps(key_obj, sort_keys=True).encode()).hexdigest()[:20]
     root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "tokenized"
     folder = root / f"tok-{key}"
-    if (folder / "meta.json").exists():
-        return folder, json.loads((folder / "meta.json").read_text())
+    if is_converted(str(folder)) and (folder / "train_lengths.npy").exists():
+        return folder, summary(json.loads((folder / "manifest.json").read_text()))
     if not is_main:
         raise DataError(f"The tokenized cache {folder} is missing on a non-main process: processes must share a "
-                        f"filesystem. Fix: set data.cache_dir to a folder every process can read.")
+                        f"filesystem. Fix: set data.cache_dir to a folder every process (every node) can read, or "
+                        f"convert once with scripts/prepare_data.py and set data.train_files to its output folder.")
     log(f"[data] tokenizing into {folder} (mode={cfg.mode}, max_seq_len={cfg.max_seq_len}) ...")
-    train_docs, valid_docs = document_streams(cfg, files, valid_files)
-    train = tokenize_documents(train_docs, tokenizer, cfg.max_seq_len, cfg.mode)   # first: fills a hash-held-out list
-    valid = tokenize_documents(valid_docs, tokenizer, cfg.max_seq_len, cfg.mode)
-    if train[0] is None:
-        raise DataError(f"The training data {files or cfg.hub_name} holds no text documents after reading. Check the "
-                        f"file contents and data.format / data.text_column.")
-    if valid[0] is None:
-        raise DataError(f"The held-out split is empty ({train[1]:,} training documents read, data.valid_fraction="
-                        f"{cfg.valid_fraction}): raise data.valid_fraction, pass data.valid_files, or give more "
-                        f"documents (a file with no blank line and a single line is one document).")
+    if cfg.hub_name is not None:
+        inputs = hub_shards(cfg.hub_name, cfg.hub_config, cfg.hub_train_split, cfg.hub_valid_split, cfg.text_column)
+    else:
+        inputs = file_shards(files, valid_files, cfg.format, cfg.text_column)
     root.mkdir(parents=True, exist_ok=True)
-    meta = _write_cache(folder, {"key": key, "key_obj": key_obj, "seq_len": cfg.max_seq_len, "mode": cfg.mode},
-                        {"train": train, "valid": valid})
+    manifest = convert(inputs, str(folder), tokenizer, cfg.max_seq_len, cfg.mode, cfg.valid_fraction,
+                       num_proc=_num_proc(cfg, files + valid_files), max_train_docs=cfg.max_train_docs,
+                       max_valid_docs=cfg.max_valid_docs if (valid_files or cfg.hub_name) else None,
+                       log=lambda *a: None)
+    _write_lengths(folder, manifest)
+    meta = summary(manifest)
     log(f"[data] cache ready: {meta['train']['rows']} train rows ({meta['train']['tokens']:,} tokens from "
-        f"{train[1]} docs), {meta['valid']['rows']} held-out rows")
+        f"{meta['train']['documents']} docs), {meta['valid']['rows']} held-out rows")
     return folder, meta
