@@ -722,6 +722,12 @@ class BertPreTrainedModel(PreTrainedModel):
         self.config.attention_backend = ATTN_IMPLEMENTATIONS[name]
         return name
 
+    def _check_and_adjust_attn_implementation(self, attn_implementation, is_init_check: bool = False,
+                                              allow_all_kernels: bool = False) -> str:
+        """Our names only: transformers' substitutions (a Hub kernel for a missing flash-attn package, "paged|"
+        prefixes) would name functions this model never calls, so they are not made."""
+        return self.get_correct_attn_implementation(attn_implementation, is_init_check)
+
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
         """`set_attn_implementation` works: every forward reads the choice from the config."""
