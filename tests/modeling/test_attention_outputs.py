@@ -14,6 +14,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from conftest import perturb_, tiny_config
 from mosaic_bert import BertForMaskedLM, BertModel
 from mosaic_bert.modeling import modeling_bert as mb
+from mosaic_bert.modeling.bert_padding import bucketed_layout
 
 TOL = 2e-5
 
@@ -287,3 +288,27 @@ def test_hidden_states_are_on_the_autograd_path(layout):
         same = _same_sequence(mask)[:, None].expand_as(out.attentions[0])
         for a in out.attentions:
             assert a.grad is not None and (a.grad[same] != 0).float().mean() > 0.9 and not a.grad[~same].any()
+
+
+def test_attentions_and_hidden_states_keep_the_input_layout():
+    """The collator-made unpadding (with filler tokens) and padding-free inputs give the padded batch's attentions
+    and hidden states, in their own layout: (batch, heads, seqlen, seqlen) and (1, heads, total, total)."""
+    model = _encoder(attention_backend="eager")
+    ids, mask = _batch(3)
+    kw = dict(output_attentions=True, output_hidden_states=True)
+    with torch.no_grad():
+        padded = model(input_ids=ids, attention_mask=mask, **kw)
+        bucketed = model(input_ids=ids, attention_mask=mask, **bucketed_layout(mask, token_multiple=16), **kw)
+        lengths = mask.sum(1)
+        cu = torch.cat([torch.zeros(1, dtype=torch.int32), lengths.cumsum(0).int()])
+        free = model(input_ids=ids[mask.bool()][None], cu_seq_lens_q=cu, max_length_q=int(lengths.max()), **kw)
+    for a, b in zip(padded.attentions + padded.hidden_states, bucketed.attentions + bucketed.hidden_states):
+        assert a.shape == b.shape and _maxdiff(a, b) < 1e-6
+    starts = cu.tolist()
+    for a, f in zip(padded.attentions, free.attentions):
+        assert f.shape == (1, 4, int(cu[-1]), int(cu[-1]))
+        for row, n in enumerate(lengths.tolist()):
+            s = starts[row]
+            block = f[0, :, s : s + n, s : s + n]
+            assert _maxdiff(block, a[row, :, :n, :n]) < 1e-6
+            assert f[0, :, s : s + n].sum() == pytest.approx(block.sum().item())  # nothing outside its block
