@@ -306,3 +306,26 @@ def test_a_second_node_with_an_empty_cache_reads_the_folder_and_never_tokenizes(
     from mosaic_bert.train.data import build_or_load_cache
     with pytest.raises(DataError, match="set data.cache_dir to a folder every process"):
         build_or_load_cache(fly, data.tokenizer, log=QUIET, is_main=False)
+
+
+def test_pretrain_runs_on_a_converted_folder(tmp_path, converted):
+    """scripts/pretrain.py with data.train_files = a converted folder: its own tokenizer, no tokenizing, a finished run."""
+    import subprocess
+    import sys
+    _, one = converted
+    root = Path(__file__).resolve().parents[2]
+    args = {"model.hidden_size": 32, "model.num_hidden_layers": 1, "model.num_attention_heads": 2,
+            "model.intermediate_size": 64, "model.max_position_embeddings": 64, "model.alibi_starting_size": 64,
+            "data.train_files": str(one), "data.max_seq_len": 32, "data.cache_dir": str(tmp_path / "cache"),
+            "train.global_batch_size": 8, "train.microbatch_size": 4, "train.max_duration": "3ba",
+            "train.log_interval": 1, "train.eval_interval": 3, "train.eval_samples": 8, "train.checkpoint_interval": 3,
+            "train.output_dir": str(tmp_path / "run"), "train.trackers": "none", "train.fill_mask_example": "null"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    p = subprocess.run([sys.executable, str(root / "scripts" / "pretrain.py")] + [f"{k}={v}" for k, v in args.items()],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "tokenizing" not in p.stdout and not (tmp_path / "cache" / "tokenized").exists()
+    assert f"{json.loads((one / 'manifest.json').read_text())['train']['rows']:,} train rows" in p.stdout
+    from transformers import AutoTokenizer
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "run")).get_vocab() == \
+        AutoTokenizer.from_pretrained(str(one / "tokenizer")).get_vocab()
