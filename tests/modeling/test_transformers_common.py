@@ -46,7 +46,7 @@ def _fetch_common_tests() -> Path:
         return CACHE
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", f"transformers=={VERSION}", "--no-deps", "--no-binary",
-               ":all:", "--disable-pip-version-check", "-q", "-d", tmp]
+               ":all:", "--disable-pip-version-check", "-q", "--retries", "1", "--timeout", "20", "-d", tmp]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         except subprocess.TimeoutExpired:
