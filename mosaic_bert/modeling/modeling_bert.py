@@ -1235,18 +1235,26 @@ class BertForTokenClassification(BertPreTrainedModel):
                                                attentions=outputs.attentions), return_dict)
 
 
-def _span_loss(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """transformers' extractive-QA loss for one end of the span: positions outside the input (clamped to seqlen)
-    carry no loss."""
-    ignored = logits.shape[1]
-    positions = positions.reshape(-1).clamp(0, ignored)  # (batch,)
-    return F.cross_entropy(logits.float(), positions, ignore_index=ignored)
+def _span_loss(logits: torch.Tensor, positions: torch.Tensor, attention_mask) -> torch.Tensor:
+    """transformers' extractive-QA loss for one end of the span, over each row's real tokens: padding takes no
+    probability (so the loss does not depend on how much padding the batch has), and a position outside the row's
+    tokens (past the input, as transformers clamps it, or at padding) carries no loss."""
+    seqlen = logits.shape[1]
+    positions = positions.reshape(-1).clamp(0, seqlen)  # (batch,)
+    logits = logits.float()
+    if attention_mask is not None and attention_mask.dim() == 2:
+        real = attention_mask.ne(0)  # (batch, seqlen)
+        logits = logits.masked_fill(~real, -1e9)  # finite: an all-padding row stays NaN-free
+        inside = torch.cat([real, real.new_zeros((real.shape[0], 1))], 1).gather(1, positions[:, None])[:, 0]
+        positions = torch.where(inside, positions, seqlen)
+    return F.cross_entropy(logits, positions, ignore_index=seqlen)
 
 
 class BertForQuestionAnswering(BertPreTrainedModel):
     """MosaicBERT for extractive question answering, as transformers' `BertForQuestionAnswering`: `start_logits` and
     `end_logits` (batch, seqlen), zeros at padding; with `start_positions` and `end_positions` (batch,), `loss` is the
-    mean of the two cross-entropies (positions past the input are ignored)."""
+    mean of the two cross-entropies, each over the row's real tokens (positions past them are ignored), so that, unlike
+    stock BERT's, it does not change with the batch's padding."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -1268,7 +1276,8 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
         loss = None
         if start_positions is not None and end_positions is not None:
-            loss = (_span_loss(start_logits, start_positions) + _span_loss(end_logits, end_positions)) / 2
+            loss = (_span_loss(start_logits, start_positions, attention_mask)
+                    + _span_loss(end_logits, end_positions, attention_mask)) / 2
         return _returned(QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
                                                       hidden_states=outputs.hidden_states,
                                                       attentions=outputs.attentions), return_dict)

@@ -118,18 +118,24 @@ def _qa_model():
 
 
 def test_question_answering_loss_follows_transformers_rules():
-    """Positions past the input (clamped to seqlen) carry no loss; the loss is the mean of start and end CE."""
+    """The mean of start and end cross-entropy, each over the row's real tokens; positions past the input (clamped to
+    seqlen, as transformers does) or at padding carry no loss."""
     model = _qa_model().train()
     ids, mask, _, types, _ = ragged_batch([8, 5, 6], seed=6)
-    seqlen = ids.shape[1]
-    start, end = torch.tensor([1, 2, 100]), torch.tensor([3, 4, 2])  # row 2's start lies past the input
+    seqlen, lengths = ids.shape[1], mask.sum(1).tolist()
+    start, end = torch.tensor([1, 2, 100]), torch.tensor([3, 6, 2])  # row 2's start: past the input; row 1's end: pad
     out = model(input_ids=ids, attention_mask=mask, token_type_ids=types, start_positions=start, end_positions=end)
     assert isinstance(out, QuestionAnsweringModelOutput) and out.start_logits.shape == out.end_logits.shape == ids.shape
     assert out.start_logits[mask == 0].abs().max() == 0 and out.end_logits[mask == 0].abs().max() == 0
     s, e = out.start_logits.double(), out.end_logits.double()
-    ref_start = torch.stack([-torch.log_softmax(s[i], -1)[start[i]] for i in range(2)]).mean()  # row 2 ignored
-    ref_end = torch.stack([-torch.log_softmax(e[i], -1)[end[i]] for i in range(3)]).mean()
-    assert start[2] > seqlen and abs(out.loss.item() - (ref_start + ref_end).item() / 2) <= 1e-6
+
+    def nll(logits, i, pos):
+        return -torch.log_softmax(logits[i, :lengths[i]], -1)[pos]
+
+    ref_start = torch.stack([nll(s, i, start[i]) for i in (0, 1)]).mean()
+    ref_end = torch.stack([nll(e, i, end[i]) for i in (0, 2)]).mean()
+    assert start[2] > seqlen and lengths[1] <= end[1] < seqlen
+    assert abs(out.loss.item() - (ref_start + ref_end).item() / 2) <= 1e-6
     out.loss.backward()
     assert torch.isfinite(model.qa_outputs.weight.grad).all() and model.qa_outputs.weight.grad.abs().sum() > 0
     loss, start_logits, end_logits = model.eval()(input_ids=ids, attention_mask=mask, start_positions=start,
@@ -138,14 +144,22 @@ def test_question_answering_loss_follows_transformers_rules():
 
 
 def test_question_answering_padded_equals_each_sequence_alone():
+    """Logits at the real tokens and the loss (unlike stock BERT's, whose softmax includes the padding) do not change
+    with the batch's padding."""
     model = _qa_model().eval()
     ids, mask, _, types, _ = ragged_batch([3, 7, 5], seed=7)
+    start, end = torch.tensor([0, 4, 2]), torch.tensor([2, 6, 3])
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        out = model(input_ids=ids, attention_mask=mask, token_type_ids=types, start_positions=start,
+                    end_positions=end)
+        losses = []
         for i, n in enumerate(mask.sum(1).tolist()):
-            alone = model(input_ids=ids[i:i + 1, :n], token_type_ids=types[i:i + 1, :n])
+            alone = model(input_ids=ids[i:i + 1, :n], token_type_ids=types[i:i + 1, :n], start_positions=start[i:i + 1],
+                          end_positions=end[i:i + 1])
             assert (out.start_logits[i, :n] - alone.start_logits[0]).abs().max() <= 1e-5
             assert (out.end_logits[i, :n] - alone.end_logits[0]).abs().max() <= 1e-5
+            losses.append(alone.loss)
+    assert abs(out.loss.item() - torch.stack(losses).mean().item()) <= 1e-5
 
 
 def test_question_answering_needs_two_labels():
@@ -192,6 +206,38 @@ def test_multiple_choice_bad_inputs_name_the_fix():
         model(input_ids=ids[:, 0], attention_mask=mask[:, 0])
     with pytest.raises(ValueError, match="3 choices"):
         model(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 3]))
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_each_head_equals_transformers_head_on_our_encoder(head):
+    """transformers' own head class with our encoder put in its `bert` slot and our head weights: same logits at the
+    real tokens and the same loss (its flattening, dropout, loss rules and -100 / out-of-span handling). QA rows are
+    unpadded here: stock BERT's span softmax includes padding, ours does not."""
+    torch.manual_seed(11)
+    name = HEADS[head][1]
+    kw = dict(num_labels=5) if head == "token" else {}
+    ours = perturb_(getattr(__import__("mosaic_bert"), name)(tiny_config(**kw))).eval()
+    stock = getattr(transformers, name)(transformers.BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=1,
+                                                                 num_attention_heads=4, intermediate_size=48, **kw))
+    stock.bert = ours.bert
+    for module in ("classifier", "qa_outputs", "dropout"):
+        if hasattr(ours, module):
+            setattr(stock, module, getattr(ours, module))
+    stock.eval()
+    if head == "choice":
+        ids, mask, types = _choices(seed=12)
+        extra = dict(labels=torch.tensor([1, 2]))
+    else:
+        ids, mask, _, types, _ = ragged_batch([6, 3, 5] if head == "token" else [6, 6, 6], seed=12, extra_cols=0)
+        extra = (dict(labels=torch.randint(0, 5, ids.shape).masked_fill(mask == 0, -100)) if head == "token" else
+                 dict(start_positions=torch.tensor([1, 50, 2]), end_positions=torch.tensor([2, 3, 4])))
+    with torch.no_grad():
+        want = stock(input_ids=ids, attention_mask=mask, token_type_ids=types, **extra)
+        got = ours(input_ids=ids, attention_mask=mask, token_type_ids=types, **extra)
+    assert abs(got.loss.item() - want.loss.item()) <= 1e-5
+    real = mask.bool() if head != "choice" else torch.ones(2, 3, dtype=torch.bool)
+    for field in ("logits",) if head != "qa" else ("start_logits", "end_logits"):
+        assert (getattr(got, field)[real] - getattr(want, field)[real]).abs().max() <= 1e-5
 
 
 def test_token_classification_pipeline_runs_on_the_folder(folder):
