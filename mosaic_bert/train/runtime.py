@@ -49,6 +49,18 @@ def check_launch():
             f"processes, {HOW_TO_LAUNCH_ON_CPU}; for one process, drop --num_processes (or pass --num_processes 1).")
 
 
+def _settle_after_end_training(accelerator):
+    """With several processes (gloo), give the process group's worker threads a moment, with the GIL released, to
+    free the last collectives. Otherwise the group's destructor (when the wrapped model is freed right after) may
+    join a worker thread that is waiting for the GIL the destructor holds: a rare deadlock at the end of a CPU run,
+    seen under load (main thread in ~ProcessGroupGloo -> thread::join, a pt_gloo_runloop thread in
+    ~AsyncBarrierWork -> decref of a Python-owned tensor -> take_gil)."""
+    if accelerator.num_processes > 1 and accelerator.device.type == "cpu":
+        import time
+        for _ in range(10):
+            time.sleep(0.02)
+
+
 def build_accelerator(train_cfg):
     """An Accelerator for the train section (precision, trackers, project folder = output_dir). Launched as several
     processes on a machine without CUDA, the processes form one gloo group on the CPU (Accelerate left alone would
@@ -60,6 +72,13 @@ def build_accelerator(train_cfg):
     trackers = resolve_trackers(train_cfg.trackers)
     acc = Accelerator(mixed_precision=resolve_precision(train_cfg.mixed_precision), log_with=trackers or None,
                       project_dir=str(train_cfg.output_dir), cpu=cpu_group)
+    end_training = acc.end_training
+
+    def end_training_and_settle():
+        end_training()
+        _settle_after_end_training(acc)
+
+    acc.end_training = end_training_and_settle
     if acc.num_processes != world:
         raise errors.RecipeError(
             f"the launcher started {world} processes but they did not form one group (Accelerate sees "

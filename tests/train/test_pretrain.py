@@ -115,6 +115,32 @@ def accelerate_launcher(*flags):
             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
 
 
+def run_group(args, launcher, timeout=300):
+    """Run a multi-process launch in its own session. On a timeout every worker first prints its Python stacks
+    (faulthandler, SIGABRT), then the whole group is killed (no orphaned ranks) and the test fails showing them."""
+    import signal
+    import time
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONFAULTHANDLER": "1"}
+    p = subprocess.Popen(launcher + [str(SCRIPT)] + args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        workers = subprocess.run(["pgrep", "-s", str(p.pid), "-f", str(SCRIPT)], capture_output=True, text=True)
+        for pid in workers.stdout.split():
+            if int(pid) != p.pid:
+                os.kill(int(pid), signal.SIGABRT)
+        time.sleep(5)
+        os.killpg(p.pid, signal.SIGKILL)
+        stdout, stderr = p.communicate()
+        raise AssertionError(f"the {len(workers.stdout.split())}-process run did not end within {timeout} s; worker "
+                             f"stacks at the end of STDERR\nSTDOUT\n{stdout[-3000:]}\nSTDERR\n{stderr[-12000:]}")
+    if p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\nSTDOUT\n{stdout[-3000:]}\nSTDERR\n{stderr[-5000:]}")
+    return subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
+
+
 def test_two_processes_match_one(straight):
     """Two real CPU processes (gloo; `accelerate launch --multi_gpu` on a machine without GPUs) with the same global
     batch train exactly as one process: same losses step by step, same held-out losses, same final weights. Dropout
@@ -123,7 +149,7 @@ def test_two_processes_match_one(straight):
     from safetensors.torch import load_file
     base, out = straight
     out3 = base / "ddp"
-    p = run(tiny_args(out3, base / "cache"), launcher=accelerate_launcher("--multi_gpu", "--num_processes", "2"))
+    p = run_group(tiny_args(out3, base / "cache"), accelerate_launcher("--multi_gpu", "--num_processes", "2"))
     summary = json.loads((out3 / "summary.json").read_text())
     assert summary["num_processes"] == 2 and "x accumulation 1 x 2 process(es)" in p.stdout, p.stdout[-2000:]
     assert json.loads((out / "summary.json").read_text())["num_processes"] == 1
