@@ -12,6 +12,7 @@ package that file imports) the module is skipped with the reason.
 Tests that cannot apply to an ALiBi encoder on unpadded tokens are skipped with their reason in `SKIPS`.
 """
 
+import contextlib
 import importlib
 import os
 import subprocess
@@ -123,14 +124,29 @@ class MosaicBertModelTester:
         return self.get_config(), inputs
 
 
+@contextlib.contextmanager
+def _registered_with_auto_classes():
+    """Our config and model classes known to AutoConfig / AutoModel / AutoModelForSequenceClassification for a while."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    pairs = [(AutoModel, mb.BertModel), (AutoModelForSequenceClassification, mb.BertForSequenceClassification)]
+    AutoConfig.register(BertConfig.model_type, BertConfig, exist_ok=True)
+    for auto, cls in pairs:
+        auto.register(BertConfig, cls, exist_ok=True)
+    try:
+        yield
+    finally:
+        CONFIG_MAPPING._extra_content.pop(BertConfig.model_type, None)
+        for auto, _ in pairs:
+            auto._model_mapping._extra_content.pop(BertConfig, None)
+
+
 # test name -> why it cannot apply to MosaicBERT
 SKIPS = {
     "test_model_weights_reload_no_missing_tied_weights": "from_pretrained refuses a checkpoint without the encoder's "
     "weights, naming them, instead of starting them fresh (test_modeling.py::"
     "test_loading_a_mismatched_checkpoint_names_the_keys)",
-    "test_load_with_mismatched_shapes": "loads our saved folder through AutoModelForSequenceClassification without "
-    "trust_remote_code: model_type mosaic_bert is not a transformers model (remote-code loading: "
-    "test_remote_code.py)",
 }
 
 
@@ -140,6 +156,13 @@ class MosaicBertCommonTest(common.ModelTesterMixin, unittest.TestCase):
 
     def setUp(self):
         self.model_tester = MosaicBertModelTester(self)
+
+    def test_load_with_mismatched_shapes(self):
+        """transformers' test loads our saved folder through AutoModel / AutoModelForSequenceClassification: run it
+        with our classes registered with the Auto classes (the standard way to make a custom model_type known
+        without remote code), unregistered afterwards."""
+        with _registered_with_auto_classes():
+            super().test_load_with_mismatched_shapes()
 
     def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
         """As transformers', but token labels are -100 at padding: the model refuses labels there (a labelling
