@@ -835,6 +835,7 @@ class AttentionPairs(NamedTuple):
 
 
 def attention_pairs(seqs: Sequences, grid: TokenGrid, total: int) -> AttentionPairs:
+    """The pairs of the `total` unpadded tokens' sequences and their flat positions in the caller's layout."""
     pad_index, _ = seqs.padded_layout(total)
     n, L, device = seqs.n_seqs, seqs.max_seqlen, pad_index.device
     positions = grid.indices if grid.indices is not None else torch.arange(total, device=device)
