@@ -8,6 +8,7 @@
 #   PHASE=sweep RUNS="mosaic:5e-4:0.06:1000 hf:1e-4:0.06:700 ..."   short runs, one per family:lr:warmup:steps
 #   PHASE=final RUNS="mosaic:1e-3:0.06:8000"                        the equal-time runs (one per call: <= 10 min)
 #   PHASE=glue  MODELS="mosaic hf"                                   GLUE of the final checkpoints (scripts/glue.py)
+#   PHASE=prep  RUNS="mosaic:5e-4:0.06:20 hf:2e-4:0.25:20"           tokenize and fill the Inductor cache first
 # Carried (git-ignored): .carry/quality/{src.tar.gz (git archive of the commit measured), wiki/train.txt.xz,
 # wiki/valid.txt, bert-base-uncased/, whl/ (datasets, dill, multiprocess: the device image lacks them), glue/}.
 set -uo pipefail
@@ -46,7 +47,7 @@ pretrain() {  # family lr warmup steps tag
 }
 
 case $PHASE in
-  sweep|final)
+  prep|sweep|final)
     for r in $RUNS; do
       IFS=: read -r fam lr wu steps <<< "$r"
       pretrain $fam $lr $wu $steps ${PHASE}_${fam}_lr${lr}_wu${wu}
