@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from transformers import AutoModel
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from conftest import perturb_, tiny_config
+from conftest import perturb_, requires_cuda, tiny_config
 from mosaic_bert import BertForMaskedLM, BertModel
 from mosaic_bert.modeling import modeling_bert as mb
 from mosaic_bert.modeling.bert_padding import bucketed_layout
+from mosaic_bert.modeling.flash_attn_triton import is_available as triton_is_available
 
 TOL = 2e-5
 
@@ -139,6 +140,27 @@ def test_attn_implementation_selects_that_function_and_matches_float64(name, how
     assert called == [ON_CPU[name]] * model.config.num_hidden_layers
     ref = Reference(model).run(ids, mask)[0][-1]
     assert _maxdiff(out, ref) < TOL
+
+
+ON_CUDA = {"mosaic_auto": "triton", "mosaic_triton": "triton", "flash_attention_2": "flash_attn", "sdpa": "sdpa",
+           "eager": "eager"}
+
+
+@requires_cuda
+@pytest.mark.parametrize("name", list(ON_CUDA))
+def test_on_cuda_each_name_runs_its_function_in_bf16(name, called, tmp_path):
+    if ON_CUDA[name] == "flash_attn" and mb.fa2_varlen_qkvpacked is None:
+        pytest.skip("flash-attn is not installed")
+    if ON_CUDA[name] == "triton" and not triton_is_available():
+        pytest.skip("triton is not installed")
+    _encoder().save_pretrained(tmp_path)
+    model = BertModel.from_pretrained(tmp_path, attn_implementation=name).cuda().eval()
+    ids, mask = _batch()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state.cpu()
+    assert called == [ON_CUDA[name]] * model.config.num_hidden_layers
+    ref = Reference(model.cpu()).run(ids, mask)[0][-1]
+    assert (out.double() - ref).norm() / ref.norm() < 2e-2  # bf16 activations
 
 
 def test_default_is_the_saved_attention_backend(called, tmp_path):
