@@ -133,10 +133,21 @@ def result_message(summary: dict) -> str:
             f"({summary['wall_time_s']:.0f} s wall)")
 
 
+def declared_max_length(config) -> int | None:
+    """The input length the model declares: ALiBi's `alibi_starting_size` (longer inputs run, extrapolated, with a
+    warning) or learned positions' `max_position_embeddings`."""
+    if config is None:
+        return None
+    return getattr(config, "alibi_starting_size", None) or getattr(config, "max_position_embeddings", None)
+
+
 def export_run(out_dir, model, tokenizer, recipe, summary: dict, records: list[dict]):
     """The finished run's folder: weights (+ remote code), tokenizer, recipe, loss curve, model card, summary."""
     out_dir = Path(out_dir)
     model.save_pretrained(str(out_dir), safe_serialization=True)
+    length = declared_max_length(getattr(model, "config", None))
+    if length:  # a trained WordPiece vocabulary knows no length (1e30): `truncation=True` would do nothing
+        tokenizer.model_max_length = length
     tokenizer.save_pretrained(str(out_dir))
     (out_dir / "recipe.json").write_text(json.dumps(public_recipe(recipe), indent=1, default=str))
     plot_curve(records, out_dir / "loss_curve.png", f"{recipe.name}: {recipe.model.family} BERT MLM pretraining")

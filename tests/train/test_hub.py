@@ -85,3 +85,24 @@ def test_push_refuses_files_with_local_paths(tmp_path):
     (out / "recipe.json").write_text(json.dumps({"data": {"train_files": str(tmp_path / "secret" / "corpus.txt")}}))
     with pytest.raises(ExportError, match="recipe.json.*local path"):
         push_folder(out, "me/model", local_target=str(tmp_path / "export"))
+
+
+def test_exported_tokenizer_truncates_at_the_models_length(tmp_path):
+    """A trained WordPiece vocabulary carries no length (model_max_length 1e30, so `truncation=True` did nothing):
+    the exported tokenizer declares the model's length (ALiBi's alibi_starting_size; HF BERT's positions)."""
+    from transformers import AutoTokenizer, BertConfig as HFBertConfig
+
+    from mosaic_bert import BertConfig, BertForMaskedLM
+    from mosaic_bert.train.export import declared_max_length, export_run
+
+    tok = AutoTokenizer.from_pretrained(str(ROOT / "tests" / "fixtures" / "bert-base-uncased"))
+    tok.model_max_length = int(1e30)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=64, alibi_starting_size=96))
+    out = tmp_path / "out"
+    out.mkdir()
+    export_run(out, model, tok, load_recipe(None), {"steps": 1, "data": {}}, [])
+    saved = AutoTokenizer.from_pretrained(str(out))
+    assert saved.model_max_length == 96
+    assert len(saved("word " * 500, truncation=True)["input_ids"]) == 96
+    assert declared_max_length(HFBertConfig(max_position_embeddings=512)) == 512
