@@ -15,6 +15,7 @@ Tests that cannot apply to an ALiBi encoder on unpadded tokens are skipped with 
 import contextlib
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -57,7 +58,8 @@ def _fetch_common_tests() -> Path:
         if proc.returncode or not archives:
             pytest.skip(f"cannot fetch transformers=={VERSION}'s sdist from the package index: "
                         f"{proc.stderr.strip()[-300:]}", allow_module_level=True)
-        staging = Path(tempfile.mkdtemp(dir=CACHE.parent if CACHE.parent.exists() else None))
+        CACHE.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=CACHE.parent))  # same filesystem: the rename below is atomic
         with tarfile.open(archives[0]) as tar:
             member = tar.getmember(f"transformers-{VERSION}/tests/test_modeling_common.py")
             (staging / PACKAGE).mkdir(parents=True)
@@ -67,11 +69,10 @@ def _fetch_common_tests() -> Path:
     for rel, text in {"__init__.py": "", "exporters/__init__.py": "", "generation/__init__.py": "", **STUBS}.items():
         (staging / PACKAGE / rel).parent.mkdir(parents=True, exist_ok=True)
         (staging / PACKAGE / rel).write_text(text)
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(staging, CACHE)  # atomic: a concurrent run either sees the whole dir or fetches its own
-    except OSError:
-        pass  # another run put it there first
+    except OSError:  # another run put it there first
+        shutil.rmtree(staging, ignore_errors=True)
     return CACHE
 
 
