@@ -102,7 +102,7 @@ class RowPacker:
         self.open = []
 
 
-_FIRST_CUT_CHARS = 8   # truncate mode: characters per usable token tried first (English averages ~4.5)
+_FIRST_CUT_CHARS = 6   # truncate mode: characters per usable token tried first (English averages ~4.5)
 _SAFE_CUT_CHARS = 128  # ... and the bound that always suffices (a WordPiece token covers at most 100 characters)
 
 
@@ -123,7 +123,7 @@ def _prefix(doc: str, chars: int) -> str:
 
 class DocumentEncoder:
     """Documents (in batches) -> [CLS] piece [SEP] rows in a RowWriter (packed in ``pack`` mode). Truncate mode
-    tokenizes only a prefix of each document: first the words in ``body x 8`` characters, and again with ``body x
+    tokenizes only a prefix of each document: first the words in ``body x 6`` characters, and again with ``body x
     128`` characters for the few documents whose short prefix gave fewer than ``body`` tokens; the rows equal those
     of tokenizing whole documents."""
 

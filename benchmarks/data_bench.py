@@ -1,0 +1,210 @@
+"""CPU benchmark of the data path (issue 11): conversion throughput at 1 vs N processes, time to the first step and
+peak RSS from a converted folder, and the loader's samples/s against one H100's consumption.
+
+Inputs: C4-layout shards (``c4-train.NNNNN-of-MMMMM.json.gz``, one {"text", "timestamp", "url"} object per line) cut
+from the Wikipedia corpus (``--wiki``, blank-line-separated articles): each article is split into documents of about
+2,000 characters at paragraph boundaries (C4's pages average ~2,200), repeated until the size is reached, ~25 MB of
+text per shard. Conversion runs the real CLI (scripts/prepare_data.py) in a subprocess, watched with psutil.
+
+  python benchmarks/data_bench.py --sizes 100 --procs 1,2                 # ~2 min on 2 cores
+  python benchmarks/data_bench.py --sizes 100,1000 --procs 1,2 --big-procs 2 --out benchmarks/results/data_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import lzma
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+H100_SAMPLES_PER_S = 4400      # one H100 at the paper's recipe (seq 128): see benchmarks/results/pretrain_fast_run
+DOC_CHARS = 2000
+SHARD_MB = 25
+
+
+def _wiki_documents(path: str):
+    """C4-sized documents: each article's paragraphs grouped into ~DOC_CHARS pieces."""
+    with lzma.open(path, "rt", encoding="utf-8") as f:
+        text = f.read()
+    for article in text.split("\n\n"):
+        doc = []
+        for par in article.split("\n"):
+            par = par.strip()
+            if par:
+                doc.append(par)
+                if sum(map(len, doc)) >= DOC_CHARS:
+                    yield "\n".join(doc)
+                    doc = []
+        if doc:
+            yield "\n".join(doc)
+
+
+def make_inputs(wiki: str, size_mb: int, root: Path, shard_mb: int = SHARD_MB) -> tuple[Path, int, int]:
+    """(folder, documents, bytes of text) of C4-layout json.gz shards holding ``size_mb`` MB of text; reused."""
+    folder = root / f"c4like-{size_mb}MB-{shard_mb}"
+    info = folder / "info.json"
+    if info.exists():
+        i = json.loads(info.read_text())
+        return folder, i["documents"], i["bytes"]
+    folder.mkdir(parents=True, exist_ok=True)
+    docs = list(_wiki_documents(wiki))
+    target, n_shards = size_mb * 10**6, max(1, size_mb // shard_mb)
+    per_shard = target // n_shards
+    written, count, k = 0, 0, 0
+    for s in range(n_shards):
+        name = folder / f"c4-train.{s:05d}-of-{n_shards:05d}.json.gz"
+        with gzip.open(name, "wt", encoding="utf-8", compresslevel=1) as f:
+            size = 0
+            while size < per_shard:
+                d = docs[k % len(docs)]
+                rep = k // len(docs)      # repeats differ in their first word: no two documents are equal
+                text = f"{rep} {d}" if rep else d
+                f.write(json.dumps({"text": text, "timestamp": "2019-04-25T12:00:00Z", "url": f"https://w/{k}"}) + "\n")
+                size += len(text.encode())
+                k += 1
+            written += size
+    info.write_text(json.dumps({"documents": k, "bytes": written, "shards": n_shards}))
+    return folder, k, written
+
+
+def _watch(cmd: list[str], env: dict) -> dict:
+    """Run ``cmd``; wall time, CPU seconds and peak RSS (whole process tree and largest single process)."""
+    t0 = time.perf_counter()
+    p = psutil.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak_tree = peak_one = 0
+    cpu: dict = {}
+    while p.poll() is None:
+        try:
+            procs = [p] + p.children(recursive=True)
+            rss = []
+            for q in procs:
+                with q.oneshot():
+                    rss.append(q.memory_info().rss)
+                    t = q.cpu_times()
+                    cpu[q.pid] = t.user + t.system
+            peak_tree, peak_one = max(peak_tree, sum(rss)), max(peak_one, max(rss))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+        time.sleep(0.1)
+    out = p.stdout.read()
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{cmd} failed ({p.returncode}):\n{out[-3000:]}")
+    return {"wall_s": round(wall, 2), "cpu_s_sampled": round(sum(cpu.values()), 1),
+            "peak_rss_tree_mb": round(peak_tree / 2**20), "peak_rss_one_process_mb": round(peak_one / 2**20),
+            "log_tail": out.strip().splitlines()[-1][:300]}
+
+
+def convert_run(inputs: Path, out: Path, tokenizer: str, procs: int, mode: str) -> dict:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "scripts" / "prepare_data.py"), str(inputs / "*.json.gz"), "--out", str(out),
+           "--tokenizer", tokenizer, "--seq-len", "128", "--mode", mode, "--num-proc", str(procs)]
+    r = _watch(cmd, env)
+    m = json.loads((out / "manifest.json").read_text())
+    tokens = m["train"]["tokens"] + m["valid"]["tokens"]
+    r.update(mode=mode, procs=procs, documents=m["documents_read"], rows=m["train"]["rows"] + m["valid"]["rows"],
+             tokens=tokens, shards=len(m["train"]["shards"]), tokens_per_s=round(tokens / r["wall_s"]),
+             tokens_per_s_per_core=round(tokens / r["wall_s"] / procs))
+    return r
+
+
+FIRST_STEP = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+import numpy as np, torch
+from transformers import AutoTokenizer
+from mosaic_bert.train.data import BatchPlan, TokenizedSplit, TrainLoader, TrainMicrobatches
+from mosaic_bert.train.masking import MLMMasker
+torch.set_num_threads(1)
+t_import = time.perf_counter()
+rss_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+folder = sys.argv[1]
+tok = AutoTokenizer.from_pretrained(folder + "/tokenizer")
+split = TokenizedSplit(folder, "train")
+masker = MLMMasker.from_tokenizer(tok, 0.30, 17)
+plan = BatchPlan(seed=17, global_batch=4096, microbatch=128, accum=4, num_processes=8, rank=0)   # the paper, rank 0 of 8
+_, micro = next(iter(TrainLoader(split, masker, plan, total_steps=10)))
+t_first = time.perf_counter()
+rss_first = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ds = TrainMicrobatches(split, masker, BatchPlan(17, 128, 128), 1000, 10**9)
+n = 0
+t = time.perf_counter()
+while time.perf_counter() - t < 10:
+    ds[n]; n += 1
+one_core = n * 128 / (time.perf_counter() - t)
+it = iter(TrainLoader(split, masker, BatchPlan(17, 128, 128), total_steps=10**9, num_workers=2))
+for _ in range(20): next(it)
+t, k = time.perf_counter(), 0
+while time.perf_counter() - t < 10:
+    next(it); k += 1
+two_workers = k * 128 / (time.perf_counter() - t)
+print(json.dumps({"rows": len(split), "import_s": round(t_import - t0, 2), "first_step_s_after_imports": round(t_first - t_import, 3),
+                  "first_step_microbatches": len(micro), "maxrss_after_imports_mb": round(rss_import / 1024),
+                  "maxrss_after_first_step_mb": round(rss_first / 1024), "mapped_shards_first_step": split.mapped_shards,
+                  "loader_samples_per_s_one_core": round(one_core), "loader_samples_per_s_2_workers": round(two_workers)}))
+"""
+
+
+def first_step(folder: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-c", FIRST_STEP, str(folder)], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr[-3000:])
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    r["loader_vs_one_h100"] = round(r["loader_samples_per_s_one_core"] / H100_SAMPLES_PER_S, 2)
+    return r
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--wiki", default=str(ROOT.parent / "shared" / "data" / "wikipedia" / "train.txt.xz"))
+    ap.add_argument("--tokenizer", default=str(ROOT / "tests" / "fixtures" / "bert-base-uncased"))
+    ap.add_argument("--sizes", default="100", help="MB of text, comma list")
+    ap.add_argument("--procs", default="1,2", help="conversion processes compared on the first size")
+    ap.add_argument("--big-procs", type=int, default=2, help="processes for the other sizes")
+    ap.add_argument("--chunk", action="store_true", help="also convert the first size in chunk mode (all tokens)")
+    ap.add_argument("--work", default="/tmp/mosaic_bert_data_bench")
+    ap.add_argument("--out", default=None, help="JSON results file")
+    a = ap.parse_args(argv)
+    work = Path(a.work)
+    res = {"machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}, "h100_samples_per_s": H100_SAMPLES_PER_S,
+           "cases": []}
+    for n, size in enumerate(int(s) for s in a.sizes.split(",")):
+        t = time.perf_counter()
+        inputs, docs, nbytes = make_inputs(a.wiki, size, work / "inputs")
+        print(f"[bench] inputs {size} MB: {docs:,} documents, {nbytes / 1e6:.0f} MB of text ({time.perf_counter() - t:.0f} s)",
+              flush=True)
+        runs = [(p, "truncate") for p in ([int(x) for x in a.procs.split(",")] if n == 0 else [a.big_procs])]
+        if n == 0 and a.chunk:
+            runs.append((max(int(x) for x in a.procs.split(",")), "chunk"))
+        for procs, mode in runs:
+            out = work / f"out-{size}MB-{mode}-p{procs}"
+            subprocess.run(["rm", "-rf", str(out)], check=True)
+            load0 = os.getloadavg()[0]
+            r = convert_run(inputs, out, a.tokenizer, procs, mode)
+            r.update(size_mb=size, text_bytes=nbytes, loadavg_1min_before=round(load0, 2),
+                     loadavg_1min_after=round(os.getloadavg()[0], 2))
+            if mode == "truncate" and procs == runs[-1][0] or (mode == "truncate" and len(runs) == 1):
+                r["first_step"] = first_step(out)
+                r["time_to_first_step_s"] = round(r["wall_s"] + r["first_step"]["import_s"] +
+                                                  r["first_step"]["first_step_s_after_imports"], 1)
+            print("[bench]", json.dumps(r), flush=True)
+            res["cases"].append(r)
+            if a.out:
+                Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+    res["machine"]["loadavg_end"] = os.getloadavg()
+    if a.out:
+        Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
