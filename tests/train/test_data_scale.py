@@ -104,6 +104,47 @@ def test_conversion_reads_c4_layout_and_is_byte_identical_whatever_num_proc(tmp_
     assert (att.sum(1) == n).all()
 
 
+def test_document_cap_keeps_the_first_documents_whatever_num_proc(tmp_path, converted, docs, tok):
+    paths, _ = converted
+    trees = []
+    for procs in (1, 2):
+        out = tmp_path / f"p{procs}"
+        m = convert(file_shards(paths, []), str(out), tok, 32, "truncate", 0.1, num_proc=procs, max_train_docs=250,
+                    log=QUIET)
+        assert m["documents_read"] == 250 and [s["name"] for s in m["train"]["shards"]] == ["00000", "00001", "00002"]
+        assert not (out / "train" / "00003.ids.npy").exists() and not (out / "done" / "00003.json").exists()
+        trees.append(tree(out))
+    assert trees[0] == trees[1]
+    from mosaic_bert.train.data.sources import doc_hash_bucket
+    split = TokenizedSplit(tmp_path / "p1", "train")
+    assert len(split) == sum(doc_hash_bucket(d) >= 0.1 for d in docs[:250])   # the first 250 documents, in order
+
+
+def test_hub_dataset_one_job_per_data_file(tmp_path, docs, tok, monkeypatch):
+    """--hub: each data file of the split is one input shard (IterableDataset.shard), on a local stand-in."""
+    import datasets
+
+    from mosaic_bert.train.data import hub_shards
+    files = {"train": [], "validation": []}
+    for split, chunks in (("train", [docs[:150], docs[150:300], docs[300:380]]), ("validation", [docs[380:]])):
+        for j, chunk in enumerate(chunks):
+            p = tmp_path / f"{split}-{j}.jsonl"
+            p.write_text("".join(json.dumps({"text": d}) + "\n" for d in chunk))
+            files[split].append(str(p))
+    real = datasets.load_dataset
+
+    def fake(name, config=None, split=None, streaming=False, **kw):
+        if name != "allenai/c4":
+            return real(name, config, split=split, streaming=streaming, **kw)
+        return real("json", data_files=files[split], split="train", streaming=True)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    inputs = hub_shards("allenai/c4", "en", "train", "validation", max_shards=2)
+    assert [(s.role, s.index, s.count) for s in inputs] == [("train", 0, 3), ("train", 1, 3), ("valid", 0, 1)]
+    m = convert(inputs, str(tmp_path / "out"), tok, 32, "truncate", num_proc=1, log=QUIET)
+    assert [s["documents"] for s in m["train"]["shards"]] == [150, 150] and m["valid"]["documents"] == 20
+
+
 def test_interrupted_conversion_resumes_with_identical_shards(tmp_path, converted, tok, monkeypatch):
     paths, one = converted
     out = tmp_path / "out"
