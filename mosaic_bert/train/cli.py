@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 import torch
@@ -14,17 +15,45 @@ from ..errors import MosaicBertError
 from .config import load_recipe
 
 
-def fill_mask(folder: str, text: str, top_k: int = 5) -> list[tuple[str, float]]:
-    """The exported folder's top-k tokens for the [MASK] in ``text``, loaded the way users load it (remote code)."""
+def fill_masks(folder: str, texts: list[str], top_k: int = 5) -> list[list[tuple[str, float]]]:
+    """The exported folder's top-k tokens for the [MASK] in each text, loaded the way users load it (remote code)."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True).eval()
-    enc = tok(text.replace("[MASK]", tok.mask_token), return_tensors="pt")
-    with torch.no_grad():
-        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-    pos = (enc["input_ids"][0] == tok.mask_token_id).nonzero()[0, 0]
-    top = logits[0, pos, : len(tok)].float().softmax(-1).topk(top_k)
-    return [(tok.convert_ids_to_tokens(int(i)), float(p)) for p, i in zip(top.values, top.indices)]
+    answers = []
+    for text in texts:
+        enc = tok(text.replace("[MASK]", tok.mask_token), return_tensors="pt", truncation=True)
+        with torch.no_grad():
+            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        pos = (enc["input_ids"][0] == tok.mask_token_id).nonzero()[0, 0]
+        top = logits[0, pos, : len(tok)].float().softmax(-1).topk(top_k)
+        answers.append([(tok.convert_ids_to_tokens(int(i)), float(p)) for p, i in zip(top.values, top.indices)])
+    return answers
+
+
+def fill_mask(folder: str, text: str, top_k: int = 5) -> list[tuple[str, float]]:
+    return fill_masks(folder, [text], top_k)[0]
+
+
+_ANSWER = re.compile(r"\{([^{}]+)\}")
+
+
+def fill_mask_demo(folder: str, examples) -> list[str]:
+    """Lines showing the top answers for each example. An example is a sentence with ``[MASK]``, or with the
+    expected word in braces (``a mutable sequence (such as a {list})``): that word is masked and the line says
+    whether the top answer is it; a last line counts the hits."""
+    examples = [examples] if isinstance(examples, str) else list(examples)
+    expected = [m.group(1).strip().lower() if (m := _ANSWER.search(e)) else None for e in examples]
+    masked = [_ANSWER.sub("[MASK]", e, count=1) for e in examples]
+    lines, hits = [], 0
+    for text, want, preds in zip(masked, expected, fill_masks(folder, masked)):
+        verdict = "" if want is None else ("   right" if preds[0][0] == want else f"   (held-out text: {want})")
+        hits += want is not None and preds[0][0] == want
+        lines.append(f"[fill-mask] {text}\n            -> " + ", ".join(f"{t} ({p:.2f})" for t, p in preds) + verdict)
+    graded = sum(w is not None for w in expected)
+    if graded:
+        lines.append(f"[fill-mask] top answer = the held-out word for {hits} of {graded} sentences")
+    return lines
 
 
 def parse_args(argv=None):
@@ -47,12 +76,11 @@ def parse_args(argv=None):
     return ns, (recipes[0] if recipes else None), [a for a in ns.args if "=" in a]
 
 
-def _show_fill_mask(folder: str, example: str):
+def _show_fill_mask(folder: str, examples):
     if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
         return
     try:
-        preds = fill_mask(folder, example)
-        print(f"[fill-mask] {example}\n            -> " + ", ".join(f"{t} ({p:.2f})" for t, p in preds), flush=True)
+        print("\n".join(fill_mask_demo(folder, examples)), flush=True)
     except (OSError, ValueError, RuntimeError) as e:  # a demo of the exported folder: never fail the run on it
         print(f"[fill-mask] skipped: {type(e).__name__}: {e}", flush=True)
 

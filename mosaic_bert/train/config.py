@@ -95,7 +95,8 @@ class TrainConfig:
     trackers: str = field(default="auto", metadata=RUN_DETAIL)  # auto (tensorboard when installed) | none | comma list
     # auto: torch.compile on CUDA (with bucketed, sync-free inputs for MosaicBERT: the fast path); true | false
     compile: Any = field(default="auto", metadata=RUN_DETAIL)
-    fill_mask_example: Optional[str] = field(default=None, metadata=RUN_DETAIL)
+    # a sentence with [MASK], or a list; a word in braces ("such as a {list}") is masked and the top answer graded
+    fill_mask_example: Union[str, list, None] = field(default=None, metadata=RUN_DETAIL)
 
 
 @dataclass
