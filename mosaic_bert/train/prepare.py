@@ -6,7 +6,20 @@ Hub dataset -> a folder of tokenized row shards that pretraining reads with ``da
   python scripts/prepare_data.py --hub allenai/c4 --hub-config en --out s3://bucket/c4-128 --tokenizer bert-base-uncased
   python scripts/pretrain.py mosaic-bert-base-uncased data.train_files=/shared/c4-128 data.hub_name=null
 
-Re-running the same command after an interruption keeps the finished shards. User-fixable errors exit with 2."""
+Re-running the same command after an interruption keeps the finished shards. User-fixable errors exit with 2.
+
+Several nodes: convert once (on one machine, or one command per node with disjoint inputs into separate folders is
+not supported: one folder per conversion) into a path every node can read -- a shared filesystem (NFS, Lustre) or an
+fsspec URL (s3://, gs://, hf://; each process then downloads the shards it reads into data.cache_dir/remote/) -- and
+start every node with the same recipe pointing at it, e.g. with torchrun or accelerate:
+
+  accelerate launch --num_machines 2 --machine_rank $RANK --main_process_ip $HEAD --main_process_port 29500 \
+      --num_processes 16 scripts/pretrain.py mosaic-bert-base-uncased data.train_files=/shared/c4-128 data.hub_name=null
+
+No rank tokenizes; every rank computes the same global order from (seed, epoch, sample index) and reads only its
+rows, so the world size may change between a run and its resume. Without a converted folder the data is converted on
+the fly by the main process of the main node into data.cache_dir, which must then be shared by all nodes (the other
+processes wait for it and fail with a DataError naming the fix if they cannot see it)."""
 
 from __future__ import annotations
 

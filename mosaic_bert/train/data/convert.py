@@ -396,10 +396,10 @@ def convert(inputs: list[InputShard], out_url: str, tokenizer, seq_len: int, mod
     _open_output(out, ident, tokenizer)
     jobs, markers, kept, pool_box = list(enumerate(inputs)), {}, [], []
     tok_ref = out.path("tokenizer") if out.local else tokenizer   # what pool workers load (a local folder)
+    tmp_tok = tempfile.TemporaryDirectory(prefix="mosaic-bert-tok-")
     if not out.local and num_proc > 1:
-        tmp = tempfile.mkdtemp(prefix="mosaic-bert-tok-")
-        tokenizer.save_pretrained(tmp)
-        tok_ref = tmp
+        tokenizer.save_pretrained(tmp_tok.name)
+        tok_ref = tmp_tok.name
     try:
         for role, cap in (("train", max_train_docs), ("valid", max_valid_docs)):
             group = [(i, s) for i, s in jobs if (s.role in ("both", "train")) == (role == "train")]
@@ -408,6 +408,7 @@ def convert(inputs: list[InputShard], out_url: str, tokenizer, seq_len: int, mod
     finally:
         for p in pool_box:
             p.shutdown(cancel_futures=True)
+        tmp_tok.cleanup()
     manifest = _manifest(out, ident, spec, kept, markers)
     log(f"[prepare] done: {out.url}: {manifest['train']['rows']:,} train rows ({manifest['train']['tokens']:,} tokens) "
         f"in {len(manifest['train']['shards'])} shards, {manifest['valid']['rows']:,} held-out rows")
