@@ -201,6 +201,11 @@ def main(argv=None) -> int:
         t0 = time.time()
         base = run_tests(copy, tests, "baseline")
         bad = {k: v for k, v in base.items() if v != "passed"}
+        if bad:   # once more, alone: a flaky test is reported as such, a broken one stops the run
+            print(f"baseline: {sorted(bad)} did not pass; running them again", flush=True)
+            modules = {b.split("::")[0] for b in bad}
+            again = run_tests(copy, [t for t in tests if Path(t.split("::")[0]).stem in modules], "baseline-again")
+            bad = {k: v for k, v in bad.items() if again.get(k) != "passed"}
         print(f"baseline at {commit}: {len(base)} tests, {len(base) - len(bad)} pass ({time.time() - t0:.0f} s)",
               flush=True)
         if bad:
