@@ -373,3 +373,53 @@ def test_pretrain_runs_on_a_converted_folder(tmp_path, converted):
     from transformers import AutoTokenizer
     assert AutoTokenizer.from_pretrained(str(tmp_path / "run")).get_vocab() == \
         AutoTokenizer.from_pretrained(str(one / "tokenizer")).get_vocab()
+
+
+# ------------------------------------------------------------------------------------------------ streaming
+@pytest.mark.parametrize("files,workers", [(2, 0), (1, 1)])
+def test_streaming_splits_ranks_and_resumes_exactly(tmp_path, docs, tok, files, workers):
+    """A streamed dataset (datasets.load_dataset(..., streaming=True) over local json files): ranks read disjoint
+    documents (split_dataset_by_node: whole files for 2 files, every other example for 1), and stopping at step k
+    then resuming from the state gives the same batches."""
+    import datasets
+    import torch
+
+    from mosaic_bert.train.data.streaming import StreamingTrainLoader
+    paths = []
+    per = len(docs) // files
+    for j in range(files):
+        p = tmp_path / f"part-{j}.jsonl"
+        p.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[j * per:(j + 1) * per]))
+        paths.append(str(p))
+    open_stream = lambda: datasets.load_dataset("json", data_files=paths, split="train", streaming=True)  # noqa: E731
+    masker = MLMMasker.from_tokenizer(tok, 0.3, 0)
+    originals = {}
+    for rank in range(2):
+        plan = BatchPlan(5, 16, 4, accum=2, num_processes=2, rank=rank)
+        straight = list(StreamingTrainLoader(open_stream, tok, masker, plan, 6, seq_len=32, num_workers=workers))
+        assert [s for s, _ in straight] == list(range(6))
+        first = StreamingTrainLoader(open_stream, tok, masker, plan, 6, seq_len=32, num_workers=workers)
+        it = iter(first)
+        for _ in range(3):
+            next(it)
+        state = json.loads(json.dumps(first.state_dict()))
+        resumed = StreamingTrainLoader(open_stream, tok, masker, plan, 6, seq_len=32, num_workers=workers)
+        resumed.load_state_dict(state)
+        for (s1, m1), (s2, m2) in zip(straight[3:], resumed, strict=True):
+            for a, b in zip(m1, m2, strict=True):
+                for k in ("input_ids", "attention_mask", "labels"):
+                    assert (a[k] == b[k]).all(), (rank, s1, k)
+        rows = set()
+        for _, micro in straight:
+            for m in micro:   # the unmasked ids: labels where masked, else the input
+                orig = torch.where(m["labels"] != -100, m["labels"], m["input_ids"])
+                rows |= {tuple(r[r != 0].tolist()) for r in orig}
+        originals[rank] = rows
+    assert originals[0] and originals[1] and not originals[0] & originals[1]     # disjoint shares of the stream
+    expected = {tuple([tok.cls_token_id] + t + [tok.sep_token_id])
+                for t in tok(docs, add_special_tokens=False, truncation=True, max_length=30)["input_ids"]}
+    assert originals[0] | originals[1] <= expected
+    wrong_world = StreamingTrainLoader(open_stream, tok, masker, BatchPlan(5, 16, 8, accum=2), 6, seq_len=32)
+    with pytest.raises(DataError, match="world size it started with"):
+        wrong_world.load_state_dict(state)
+

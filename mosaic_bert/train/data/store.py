@@ -193,10 +193,12 @@ def data_identity(cfg, files: list[str], valid_files: list[str]) -> dict:
 
 
 def _num_proc(cfg, files: list[str]) -> int:
-    """data.num_proc, or (0) one process per core for inputs over 64 MB in several files, else 1 (a process costs
-    seconds to start)."""
+    """data.num_proc, or (0) one process per core for a Hub dataset or local inputs over 64 MB in several files, else
+    1 (a pool is not worth it for small data)."""
     if getattr(cfg, "num_proc", 0):
         return int(cfg.num_proc)
+    if cfg.hub_name is not None:   # many data files, read over the network
+        return os.cpu_count() or 1
     size = sum(os.path.getsize(f) for f in files) if files else 0
     return max(1, min(os.cpu_count() or 1, len(files))) if size > 64 << 20 else 1
 
