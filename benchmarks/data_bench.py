@@ -164,6 +164,32 @@ def first_step(folder: Path) -> dict:
     return r
 
 
+def render(res: dict, notes: str = "") -> str:
+    """The results as a markdown table (benchmarks/results/data_cpu.md)."""
+    rows = ["| input | mode | procs | documents | tokens kept | wall s | CPU s | tokens / CPU-s | docs / CPU-s | "
+            "peak RSS tree / one process MB | load avg (1 min) before / after |", "|" + "---|" * 11]
+    for c in res["cases"]:
+        cpu = c["cpu_s_sampled"]
+        rows.append(f"| {c['size_mb']} MB, {c['shards']} shards | {c['mode']} | {c['procs']} | {c['documents']:,} | "
+                    f"{c['tokens']:,} | {c['wall_s']} | {cpu} | {c['tokens'] / cpu:,.0f} | {c['documents'] / cpu:,.0f} | "
+                    f"{c['peak_rss_tree_mb']} / {c['peak_rss_one_process_mb']} | {c['loadavg_1min_before']} / "
+                    f"{c['loadavg_1min_after']} |")
+    first = ["| input | rows | imports s | first step s (after imports) | max RSS after imports / after first step MB | "
+             "shards mapped | loader samples/s, 1 core | 2 workers | 1 core / one H100 (4,400/s) | conversion + first "
+             "step s |", "|" + "---|" * 10]
+    for c in res["cases"]:
+        f = c.get("first_step")
+        if f:
+            first.append(f"| {c['size_mb']} MB | {f['rows']:,} | {f['import_s']} | {f['first_step_s_after_imports']} | "
+                         f"{f['maxrss_after_imports_mb']} / {f['maxrss_after_first_step_mb']} | "
+                         f"{f['mapped_shards_first_step']} | {f['loader_samples_per_s_one_core']:,} | "
+                         f"{f['loader_samples_per_s_2_workers']:,} | {f['loader_vs_one_h100']}x | "
+                         f"{c['time_to_first_step_s']} |")
+    return "\n".join(["# Data path on CPU (issue 11)", "", notes, "", "## Conversion (scripts/prepare_data.py)", "",
+                      *rows, "", "## Time to first step, RSS, loader throughput (from the converted folder)", "",
+                      *first, ""])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--wiki", default=str(ROOT.parent / "shared" / "data" / "wikipedia" / "train.txt.xz"))
