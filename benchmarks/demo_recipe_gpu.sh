@@ -10,8 +10,8 @@ cd /tmp/d/src; export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 i=0
 while read -r overrides; do
   i=$((i + 1)); echo "== v$i: $overrides" | tee -a "$OUT/demo_variants.log"
-  python3 scripts/pretrain.py train.output_dir=/tmp/d/v$i train.compile=false train.mixed_precision=no \
-    train.trackers=none $overrides 2>&1 | tr '\r' '\n' | grep -E "^\[pretrain\] held-out|^\[fill-mask\]|^ +->|rror" \
+  python3 scripts/pretrain.py train.output_dir=/tmp/d/v$i train.compile=false train.mixed_precision=\'no\' \
+    train.trackers=none $overrides < /dev/null 2>&1 | tr '\r' '\n' | grep -E "^\[pretrain\] held-out|^\[fill-mask\]|^ +->|rror" \
     | tee -a "$OUT/demo_variants.log"
 done <<'VARIANTS'
 train.lr=1e-3

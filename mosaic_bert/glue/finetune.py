@@ -321,9 +321,11 @@ def run_glue(
     check_inputs(names, model, tokenizer, data_dir, dict(epochs=epochs, max_train_samples=max_train_samples,
                                                          max_eval_samples=max_eval_samples, seeds=num_seeds))
     os.makedirs(output_dir, exist_ok=True)
-    tok = _from_pretrained(AutoTokenizer, tokenizer or model, use_fast=True)
+    tok_path = tokenizer or model  # our folders' config has its own model_type: the tokenizer loader asks too
+    tok = _from_pretrained(AutoTokenizer, tok_path, use_fast=True,
+                           trust_remote_code=resolve_trust_remote_code(tok_path, trust_remote_code))
     if not getattr(tok, "is_fast", False):
-        logger.warning("tokenizer %s is not a fast tokenizer", tokenizer or model)
+        logger.warning("tokenizer %s is not a fast tokenizer", tok_path)
     overrides = dict(seeds=list(seeds) if seeds else None, num_seeds=num_seeds, epochs=epochs,
                      max_train_samples=max_train_samples, max_eval_samples=max_eval_samples)
     results: dict = {

@@ -18,7 +18,7 @@ from .config import load_recipe
 def fill_masks(folder: str, texts: list[str], top_k: int = 5) -> list[list[tuple[str, float]]]:
     """The exported folder's top-k tokens for the [MASK] in each text, loaded the way users load it (remote code)."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)  # our own model_type: it asks otherwise
     model = AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True).eval()
     answers = []
     for text in texts:

@@ -288,6 +288,8 @@ def _check_train(t: TrainConfig) -> None:
         _need(v > 0 if low == "> 0" else v >= 0, f"train.{k} must be {low}, got {v}.")
     _need(t.grad_clip_norm is None or t.grad_clip_norm >= 0, "train.grad_clip_norm must be >= 0 or null (no clip).")
     _need(t.compile in ("auto", True, False), f"train.compile must be auto, true or false, got {t.compile!r}.")
+    if t.mixed_precision is False:  # YAML reads a bare `no` (train.mixed_precision=no) as false
+        t.mixed_precision = "no"
     _need(t.mixed_precision in PRECISIONS, f"train.mixed_precision must be one of {', '.join(PRECISIONS)}, got "
                                            f"{t.mixed_precision!r}.")
     b = t.betas

@@ -68,7 +68,7 @@ def _card_head(name: str, m: dict, summary: dict) -> list[str]:
         family.card_intro + "pretrained with masked language modelling by `mosaic_bert.train.trainer`.", "",
         "```python", "from transformers import AutoModelForMaskedLM, AutoTokenizer",
         'model = AutoModelForMaskedLM.from_pretrained("<this folder or repo>"' + load,
-        'tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>")', "```", "",
+        'tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>", trust_remote_code=True)', "```", "",
         "## Model", "", "| hidden | layers | heads | intermediate | vocab | parameters |", "|---|---|---|---|---|---|",
         f"| {m['hidden_size']} | {m['num_hidden_layers']} | {m['num_attention_heads']} | {m['intermediate_size']} | "
         f"{summary.get('vocab_size') or 'see config.json'} | {summary.get('params', 0) / 1e6:.1f}M |", "",

@@ -33,7 +33,7 @@ def test_no_recipe_means_the_tiny_default_the_readme_describes():
     assert r.name == "tiny-default" and r.train.output_dir == "runs/tiny-default"
     assert (r.model.hidden_size, r.model.num_hidden_layers, r.tokenizer.vocab_size) == (256, 2, 4096)
     assert (r.tokenizer.name_or_path, r.data.train_files, r.data.hub_name) == (None, None, None)  # embedded corpus
-    assert r.train.max_duration == "400ba" and r.train.global_batch_size == 32
+    assert r.train.max_duration == "400ba" and r.train.global_batch_size == 64
 
 
 def test_model_section_is_bert_config():
@@ -119,4 +119,11 @@ def test_checkpoint_compatibility_against_older_fingerprints():
     older["model"]["extra"] = {}                            # recorded then, removed since
     assert fingerprint_diffs(older, now, defaults) == []
     older["train"]["lr"] = 0.5
-    assert fingerprint_diffs(older, now, defaults) == ["train.lr: checkpoint 0.5 vs now 0.001"]
+    assert fingerprint_diffs(older, now, defaults) == ["train.lr: checkpoint 0.5 vs now 0.002"]
+
+
+def test_precision_no_on_the_command_line_means_fp32():
+    """`train.mixed_precision=no` is YAML's false; the error listed `no` as valid and then refused it."""
+    assert load_recipe(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    with pytest.raises(RecipeError, match="mixed_precision must be one of"):
+        load_recipe(None, ["train.mixed_precision=fp8"])
