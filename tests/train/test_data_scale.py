@@ -342,6 +342,11 @@ def test_a_second_node_with_an_empty_cache_reads_the_folder_and_never_tokenizes(
     assert data.tokenizer.get_vocab() == transformers.AutoTokenizer.from_pretrained(str(FIX / "bert-base-uncased")).get_vocab()
     ids, _, _ = data.train.rows(np.arange(4))
     assert (ids[:, 0] == data.tokenizer.cls_token_id).all()
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "spec.json").write_text((one / "spec.json").read_text())
+    with pytest.raises(DataError, match="did not finish"):
+        build_data(DataConfig(train_files=str(unfinished), max_seq_len=32), TokenizerConfig(), _OtherNode(), log=QUIET)
     bad = DataConfig(train_files=str(one), cache_dir=str(tmp_path / "empty"), max_seq_len=64)
     with pytest.raises(DataError, match="data.max_seq_len=32 data.mode=truncate"):
         build_data(bad, TokenizerConfig(), _OtherNode(), log=QUIET)

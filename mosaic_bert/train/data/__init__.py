@@ -77,6 +77,9 @@ def build_data(data_cfg, tok_cfg, accelerator, log=print) -> PretrainingData:
     cache_root = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
     if is_converted(data_cfg.train_files):
         return open_converted(data_cfg, tok_cfg, cache_root)
+    if isinstance(data_cfg.train_files, str) and Folder(data_cfg.train_files).exists("spec.json"):
+        raise DataError(f"{data_cfg.train_files} is a conversion that did not finish (no manifest.json): run the same "
+                        f"scripts/prepare_data.py command again (finished shards are kept), then train.")
     corpus = None
     with accelerator.main_process_first():
         if data_cfg.train_files is None and data_cfg.hub_name is None:
