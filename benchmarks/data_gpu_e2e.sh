@@ -7,12 +7,13 @@
 #      compiled fast path, 4 loader workers) for STEPS steps (~2-3 min on one H100);
 #   4. the bare compiled loop on the same shapes (benchmarks/pretrain_bare_loop.py) to price the data path.
 # Needs in .carry/pretrain/: train.txt.xz and bert-base-uncased/ (as benchmarks/pretrain_gpu.sh).
-# Usage (device): bash benchmarks/data_gpu_e2e.sh      (STEPS, MB, NPROC, TRAIN_LIMIT override)
+# Usage (device): bash benchmarks/data_gpu_e2e.sh      (STEPS, MB, NPROC, SIZE_MB, TRAIN_LIMIT override;
+#   CONVERT_ONLY=1 stops after the conversion: a CPU check of the first half)
 set -o pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 OUT=${OUT:-benchmarks/results/data_gpu_e2e_out}
 C=.carry/pretrain
-STEPS=${STEPS:-120}; MB=${MB:-128}; GB=4096; NPROC=${NPROC:-$(nproc)}
+STEPS=${STEPS:-120}; MB=${MB:-128}; GB=4096; NPROC=${NPROC:-$(nproc)}; SIZE_MB=${SIZE_MB:-130}
 W=/tmp/data_e2e
 LOG="$OUT/data_gpu_e2e.log"
 mkdir -p "$OUT" $W
@@ -25,16 +26,17 @@ mkdir -p "$OUT" $W
 import sys; sys.path.insert(0, 'benchmarks')
 from pathlib import Path
 from data_bench import make_inputs
-folder, docs, nbytes = make_inputs('$C/train.txt.xz', 130, Path('$W'), shard_mb=10)
+folder, docs, nbytes = make_inputs('$C/train.txt.xz', $SIZE_MB, Path('$W'), shard_mb=10)
 print('c4-layout corpus:', folder, docs, 'documents', nbytes // 10**6, 'MB of text')
 "
   echo "corpus made in $(python3 -c "print(round($(date +%s.%N) - $t, 1))") s"
   t=$(date +%s.%N)
-  python3 scripts/prepare_data.py "$W/c4like-130MB-10/*.json.gz" --out $W/c4-128 --tokenizer $C/bert-base-uncased \
+  python3 scripts/prepare_data.py "$W/c4like-${SIZE_MB}MB-10/*.json.gz" --out $W/c4-128 --tokenizer $C/bert-base-uncased \
       --seq-len 128 --mode truncate --num-proc $NPROC 2>&1 | tail -3
   echo "conversion wall $(python3 -c "print(round($(date +%s.%N) - $t, 1))") s"
   python3 -c "import json; m = json.load(open('$W/c4-128/manifest.json')); print('converted:', m['train']['rows'], 'train rows,', m['train']['tokens'], 'tokens,', len(m['train']['shards']), 'shards,', m['valid']['rows'], 'held-out rows')"
 } 2>&1 | tee "$LOG"
+[ -n "$CONVERT_ONLY" ] && exit 0
 # The paper's recipe on the converted folder: the folder's own tokenizer (bert-base-uncased), nothing tokenized here.
 t=$(date +%s.%N)
 timeout ${TRAIN_LIMIT:-420} python3 scripts/pretrain.py mosaic-bert-base-uncased name=mosaic-bert-base-c4like \
