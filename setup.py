@@ -12,6 +12,7 @@ setup(
             "mosaic-bert-pretrain = mosaic_bert.train.cli:main",
             "mosaic-bert-train-tokenizer = mosaic_bert.train.cli:train_tokenizer_main",
             "mosaic-bert-push-to-hub = mosaic_bert.train.cli:push_to_hub_main",
+            "mosaic-bert-prepare-data = mosaic_bert.train.prepare:main",
             "mosaic-bert-glue = mosaic_bert.glue.cli:main",
         ],
     },
