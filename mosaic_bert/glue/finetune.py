@@ -130,6 +130,17 @@ def _from_pretrained(loader, path: str, **kwargs):
                              f"--trust-remote-code.") from None
 
 
+def load_tokenizer(path: str, trust_remote_code: bool | None = None):
+    """The fast tokenizer of a folder or Hub id (our folders' config has its own model_type, so the tokenizer loader
+    asks about remote code as the model loader does)."""
+    from transformers import AutoTokenizer
+    tok = _from_pretrained(AutoTokenizer, path, use_fast=True,
+                           trust_remote_code=resolve_trust_remote_code(path, trust_remote_code))
+    if not getattr(tok, "is_fast", False):
+        logger.warning("tokenizer %s is not a fast tokenizer", path)
+    return tok
+
+
 def load_model(path: str, task: GlueTask, fresh_classifier: bool = False, trust_remote_code: bool | None = None):
     from transformers import AutoModelForSequenceClassification
 
@@ -315,17 +326,11 @@ def run_glue(
     every task's epoch count (each override is recorded in the results). With ``resume``, tasks
     already in ``output_dir/results.json`` for the same model are kept and not run again. ``trust_remote_code``:
     None runs a model's own code only for a local folder that ships it (ours); True/False decide for every model."""
-    from transformers import AutoTokenizer
-
     names = resolve_tasks(tasks)
     check_inputs(names, model, tokenizer, data_dir, dict(epochs=epochs, max_train_samples=max_train_samples,
                                                          max_eval_samples=max_eval_samples, seeds=num_seeds))
     os.makedirs(output_dir, exist_ok=True)
-    tok_path = tokenizer or model  # our folders' config has its own model_type: the tokenizer loader asks too
-    tok = _from_pretrained(AutoTokenizer, tok_path, use_fast=True,
-                           trust_remote_code=resolve_trust_remote_code(tok_path, trust_remote_code))
-    if not getattr(tok, "is_fast", False):
-        logger.warning("tokenizer %s is not a fast tokenizer", tok_path)
+    tok = load_tokenizer(tokenizer or model, trust_remote_code)
     overrides = dict(seeds=list(seeds) if seeds else None, num_seeds=num_seeds, epochs=epochs,
                      max_train_samples=max_train_samples, max_eval_samples=max_eval_samples)
     results: dict = {
