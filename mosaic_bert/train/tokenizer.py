@@ -17,7 +17,8 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 @contextlib.contextmanager
-def _single_threaded_tokenizers():
+def single_threaded_tokenizers():
+    """The Rust tokenizer on one thread while inside (TOKENIZERS_PARALLELISM=false), restored after."""
     old = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
@@ -50,7 +51,7 @@ def train_wordpiece(docs: Iterable[str], vocab_size: int, out_dir: str | os.Path
     tok.decoder = decoders.WordPiece(prefix="##")
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                         special_tokens=SPECIAL_TOKENS, continuing_subword_prefix="##")
-    with _single_threaded_tokenizers():
+    with single_threaded_tokenizers():
         tok.train_from_iterator(docs, trainer=trainer)
     tokenizer = BertTokenizer(vocab=_canonical_vocab(tok.get_vocab()), do_lower_case=lowercase)
     out = Path(out_dir)

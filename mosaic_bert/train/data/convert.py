@@ -22,7 +22,6 @@ Folder layout::
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -38,6 +37,7 @@ import numpy as np
 
 from ...errors import DataError
 from .sources import TEXT_FORMATS, detect_format, doc_hash_bucket, iter_hub_documents, iter_text_documents
+from ..tokenizer import single_threaded_tokenizers
 from .store import DocumentEncoder, tokenizer_fingerprint
 
 FORMAT = "mosaic-bert-tokenized-shards"
@@ -170,19 +170,6 @@ def _split_stats(arrs: Optional[dict], n_docs: int) -> dict:
     return {"rows": int(arrs["ids"].shape[0]), "tokens": int(arrs["lengths"].sum()), "documents": int(n_docs)}
 
 
-@contextlib.contextmanager
-def _one_thread_tokenizer():
-    old = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"   # one core per job: num_proc is the parallelism
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = old
-
-
 _WORKER_TOKENIZER: dict = {}
 
 
@@ -202,7 +189,7 @@ def convert_shard(out_url: str, i: int, shard: InputShard, spec: Spec, tokenizer
               "valid": DocumentEncoder(tokenizer, spec.seq_len, spec.mode)}
     batches: dict = {"train": [], "valid": []}
     read = 0
-    with _one_thread_tokenizer():
+    with single_threaded_tokenizers():   # one core per job: num_proc is the parallelism
         for doc in shard.documents():
             if max_docs is not None and read >= max_docs:
                 break
