@@ -644,7 +644,11 @@ def measure(spec: ModelSpec, case: Case, batches: list[dict], args) -> dict:
 
 
 def _free(device: str) -> None:
-    """Release the previous row's model, optimizer state and compiled graphs before the next peak-memory window."""
+    """Release the previous row's model, optimizer state and compiled graphs before the next peak-memory window.
+    Every row, compiled or not: a compiled row's code cache and CUDA-graph pool outlive it until dynamo is reset (an
+    eager row after compiled ones ran out of memory at 512x128 in run 1)."""
+    gc.collect()
+    torch._dynamo.reset()  # compiled code, guards and (on CUDA) the CUDA-graph trees and their memory pools
     if device == "cuda":
         gc.collect()  # reference cycles (compiled modules, autograd graphs) would otherwise hold GPU memory
         torch.cuda.synchronize()
@@ -661,10 +665,9 @@ def run_row(spec: ModelSpec, case: Case, batches: list[dict], args, peak) -> dic
     row = dict(case=case.name, kind=case.kind, batch=case.batch, seqlen=case.seqlen, pad=case.pad, model=spec.name,
                ours=spec.ours, compiled=spec.compiled, flops_counted="real tokens" if spec.real_flops else "padded",
                compile_mode=(spec.compile_mode or args.compile_mode) if spec.compiled else None)
+    _free(args.device)  # also a fresh compile per row: no cache limits hit, no graphs kept from other shapes
     if spec.compiled:
-        torch._dynamo.reset()  # a fresh compile per row: no cache limits hit, no graphs kept from other shapes
         _graph_breaks(clear=True)
-    _free(args.device)
     try:
         row.update(measure(spec, case, batches, args))
         if peak:
