@@ -193,7 +193,9 @@ def plot_curve(records: list[dict], path: Path, title: str) -> Optional[Path]:
     if ev:
         ax[0].plot([e[0] for e in ev], [e[1] for e in ev], "o-", label="held-out MLM loss (15% masking)")
         ax[1].plot([e[0] for e in ev], [e[2] for e in ev], "o-", color="C2")
-    ax[0].set_xlabel("step"); ax[0].set_ylabel("loss"); ax[0].legend(); ax[0].grid(alpha=0.3)
+    ax[0].set_xlabel("step"); ax[0].set_ylabel("loss"); ax[0].grid(alpha=0.3)
+    if tr or ev:
+        ax[0].legend()
     ax[1].set_xlabel("step"); ax[1].set_ylabel("held-out masked accuracy"); ax[1].grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
