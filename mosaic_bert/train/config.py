@@ -67,6 +67,11 @@ class DataConfig:
     num_workers: int = field(default=0, metadata=RUN_DETAIL)  # DataLoader workers (masking and collation)
     # processes converting the data on the fly (one input file each); 0: one per core when the inputs exceed 64 MB
     num_proc: int = field(default=0, metadata=RUN_DETAIL)
+    # true: train straight from data.train_files or data.hub_name, read once in order and tokenized as it is read (no
+    # conversion, truncate rows, one pass: a run ends early when the data does). The held-out rows are data.valid_files
+    # (or data.hub_valid_split) tokenized in memory at start, at most data.max_valid_docs; with data.train_files and no
+    # data.valid_files set train.eval_samples=0. Resume needs the same number of processes.
+    streaming: bool = False
 
 
 @dataclass
@@ -228,6 +233,7 @@ def validate(r: Recipe) -> None:
     _check_types(r)
     _check_train(r.train)
     _check_data(r.data, r.tokenizer)
+    _check_streaming(r.data, r.train)
     _check_model(r.model, r.data, r.model.family)
     if r.data.mode not in ("truncate", "chunk", "pack"):
         raise RecipeError(f"data.mode must be truncate, chunk or pack, got '{r.data.mode}'.")
@@ -320,6 +326,28 @@ def _check_data(d: DataConfig, tok: TokenizerConfig) -> None:
     _need(tok.name_or_path is not None or tok.vocab_size >= 32,
           f"tokenizer.vocab_size must be >= 32 (special tokens and characters), got {tok.vocab_size}.")
     _need(tok.training_docs >= 1, f"tokenizer.training_docs must be >= 1, got {tok.training_docs}.")
+
+
+def _check_streaming(d: DataConfig, t: TrainConfig) -> None:
+    """What data.streaming=true cannot do, each with the setting that fixes it."""
+    if not d.streaming:
+        return
+    _need(d.mode == "truncate", f"data.streaming=true makes truncate rows only (one per document, as read), got "
+                                f"data.mode={d.mode}: set data.mode=truncate, or data.streaming=false to convert for "
+                                f"chunk/pack rows.")
+    _need(d.train_files is not None or d.hub_name is not None,
+          "data.streaming=true needs data.train_files (local files) or data.hub_name: the embedded corpus is small, "
+          "leave data.streaming=false for it.")
+    _need(d.num_workers in (0, 1), f"data.streaming=true reads one ordered stream per process: set data.num_workers "
+                                   f"to 0 or 1, got {d.num_workers}.")
+    _need(d.max_train_docs is None, f"data.max_train_docs={d.max_train_docs} caps a conversion; a stream is read until "
+                                    f"train.max_duration: set data.max_train_docs=null.")
+    _need(parse_duration(t.max_duration)[1] != "tok",
+          f"train.max_duration={t.max_duration!r} counts tokens, which a stream does not know ahead: give steps "
+          f"(e.g. 1000ba) or samples (e.g. 2e6sp) with data.streaming=true.")
+    _need(d.hub_name is not None or d.valid_files is not None or t.eval_samples == 0,
+          "data.streaming=true holds no documents out of data.train_files (they are read once, in order): set "
+          "data.valid_files to held-out files, or train.eval_samples=0 to train without evaluation.")
 
 
 def _check_model(m, d: DataConfig, family: str) -> None:

@@ -18,7 +18,7 @@ from accelerate.utils import set_seed
 
 from .checkpoint import CheckpointManager
 from .config import Recipe, check_batch, duration_to_steps, validate
-from .data import BatchPlan, TrainLoader, build_data, eval_batches
+from .data import BatchPlan, StreamingTrainLoader, TrainLoader, build_data, eval_batches
 from .export import export_run, result_message
 from .flops import model_flop_params, step_flops
 from .masking import MLMMasker
@@ -77,9 +77,14 @@ class Trainer:
         self.forward = torch.compile(self.model) if compiled else self.model
         self.masker = MLMMasker.from_tokenizer(data.tokenizer, t.mlm_probability, t.seed)
         self.eval_masker = MLMMasker.from_tokenizer(data.tokenizer, t.eval_mlm_probability, t.seed + 7919)
-        self.loader = TrainLoader(data.train, self.masker, self.plan, total, recipe.data.num_workers,
-                                  pin_memory=acc.device.type == "cuda",
-                                  layout=self.family.sync_free_layout if compiled else None)
+        if recipe.data.streaming:   # tokenized as read, one pass (data/streaming.py); same loader contract
+            self.loader = StreamingTrainLoader(data.stream, data.tokenizer, self.masker, self.plan, total,
+                                               recipe.data.max_seq_len, text_column=recipe.data.text_column,
+                                               num_workers=recipe.data.num_workers)
+        else:
+            self.loader = TrainLoader(data.train, self.masker, self.plan, total, recipe.data.num_workers,
+                                      pin_memory=acc.device.type == "cuda",
+                                      layout=self.family.sync_free_layout if compiled else None)
         self.state = TrainState(self.loader, total)
         if ckpt:
             self.checkpoints.load(ckpt)
@@ -94,8 +99,9 @@ class Trainer:
     def describe(self) -> str:
         r, t, P = self.recipe, self.recipe.train, self.acc.num_processes
         n = sum(p.numel() for p in self.model.parameters())
+        rows = "streamed" if r.data.streaming else f"{self.data.meta['train']['rows']:,}"
         return (f"[pretrain] {r.name}: {r.model.family} model, {n / 1e6:.1f}M params (vocab {self.flop_params[2]}, "
-                f"tokenizer {len(self.data.tokenizer)}), {self.data.meta['train']['rows']:,} train rows of <= "
+                f"tokenizer {len(self.data.tokenizer)}), {rows} train rows of <= "
                 f"{r.data.max_seq_len} tokens, {self.state.total_steps} steps x global batch {t.global_batch_size} (= "
                 f"microbatch {t.microbatch_size} x accumulation {self.plan.accum} x {P} process(es)), warmup "
                 f"{self.warmup}, lr {t.lr}, masking {t.mlm_probability}, precision {resolve_precision(t.mixed_precision)}, "
@@ -186,6 +192,9 @@ class Trainer:
                     cb.on_step_end(self)
                 if stop.requested(self.acc) and state.step < state.total_steps:
                     return self.stop_early(stop.signum, saved=due(t.checkpoint_interval))
+            if state.step < state.total_steps:   # a stream (data.streaming=true) read to its end: one pass
+                self.say(f"[pretrain] the train data ended after step {state.step} of {state.total_steps} (a stream is "
+                         f"read once); finishing here")
             self.reporter.close()
             return self.finish()
 

@@ -13,7 +13,7 @@ from .order import global_rows, permute
 from .shards import TokenizedSplit
 from .sources import (detect_format, document_streams, iter_documents_from_files, iter_hub_documents,
                       iter_text_documents, resolve_files, resolve_sources, take)
-from .streaming import StreamingTrainLoader
+from .streaming import StreamingTrainLoader, build_streaming_data
 from .store import DocumentEncoder, build_or_load_cache, summary, tokenize_documents, tokenizer_fingerprint
 
 __all__ = ["BatchPlan", "DataError", "DocumentEncoder", "Folder", "InputShard", "PretrainingData", "TokenizedSplit",
@@ -27,9 +27,10 @@ __all__ = ["BatchPlan", "DataError", "DocumentEncoder", "Folder", "InputShard", 
 @dataclass
 class PretrainingData:
     tokenizer: object
-    train: TokenizedSplit
-    valid: TokenizedSplit
+    train: TokenizedSplit   # None with data.streaming=true: ``stream`` opens the train data instead
+    valid: TokenizedSplit   # with data.streaming=true: held-out rows in memory (streaming.HeldOutRows)
     meta: dict           # rows, documents, tokens per split (the manifest without its shard lists)
+    stream: object = None   # data.streaming=true: open_stream() -> the whole train stream (StreamingTrainLoader's)
 
 
 def _folder_tokenizer(url: str, local: Path):
@@ -75,6 +76,9 @@ def build_data(data_cfg, tok_cfg, accelerator, log=print) -> PretrainingData:
     a filesystem every node shares; otherwise convert once with scripts/prepare_data.py to a shared or remote path)."""
     from ..tokenizer import load_or_train_tokenizer
     cache_root = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
+    if getattr(data_cfg, "streaming", False):
+        s = build_streaming_data(data_cfg, tok_cfg, accelerator, cache_root, log=log)
+        return PretrainingData(s["tokenizer"], None, s["valid"], s["meta"], stream=s["stream"])
     if is_converted(data_cfg.train_files):
         return open_converted(data_cfg, tok_cfg, cache_root)
     if isinstance(data_cfg.train_files, str) and Folder(data_cfg.train_files).exists("spec.json"):

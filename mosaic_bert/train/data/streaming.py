@@ -137,3 +137,66 @@ class StreamingTrainLoader:
                 m.pop("_examples")
             self.step = step + 1
             yield step, micro
+
+
+# ------------------------------------------------------------------------------------------ a recipe's stream
+class HeldOutRows:
+    """Held-out rows tokenized in memory (``TokenizedSplit``'s ``len`` and ``rows``, for ``eval_batches``)."""
+
+    def __init__(self, arrays, seq_len: int):
+        self.seq_len = seq_len
+        self.ids = arrays["ids"].astype(np.int64) if arrays else np.zeros((0, seq_len), np.int64)
+        self.lengths = arrays["lengths"].astype(np.int64) if arrays else np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def rows(self, idx):
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        lengths = self.lengths[idx]
+        return self.ids[idx], (np.arange(self.seq_len)[None, :] < lengths[:, None]).astype(np.int64), lengths
+
+
+def _file_examples(files, fmt: str, text_column: str):
+    """``{text_column: document}`` from local files with the converted path's reader (blank-line blocks, json, ...)."""
+    from .sources import iter_documents_from_files
+    for d in iter_documents_from_files(files, fmt, text_column):
+        yield {text_column: d}
+
+
+def recipe_stream(cfg) -> Callable:
+    """``open_stream`` for a data section: the Hub split streamed by ``datasets``, or the local files as a
+    ``datasets.IterableDataset`` with one shard per file (so ranks get whole files when the count divides)."""
+    import datasets
+    if cfg.hub_name is not None:
+        return lambda: datasets.load_dataset(cfg.hub_name, cfg.hub_config, split=cfg.hub_train_split, streaming=True)
+    from .sources import resolve_files
+    files, fmt, col = resolve_files(cfg.train_files), cfg.format, cfg.text_column
+    return lambda: datasets.IterableDataset.from_generator(_file_examples, gen_kwargs={"files": files, "fmt": fmt,
+                                                                                       "text_column": col})
+
+
+def build_streaming_data(data_cfg, tok_cfg, accelerator, cache_root, log=print) -> dict:
+    """Tokenizer, ``open_stream`` and held-out rows for ``data.streaming=true`` (see DataConfig.streaming)."""
+    from ..tokenizer import load_or_train_tokenizer
+    from .convert import is_converted
+    from .sources import iter_documents_from_files, iter_hub_documents, resolve_files, take
+    from .store import tokenize_documents
+    if is_converted(data_cfg.train_files):
+        raise DataError(f"{data_cfg.train_files} is a converted folder, read in O(1) without streaming: set "
+                        f"data.streaming=false.")
+    with accelerator.main_process_first():
+        tokenizer = load_or_train_tokenizer(tok_cfg, data_cfg, None, cache_root, log=log)
+    if data_cfg.hub_name is not None:
+        docs = iter_hub_documents(data_cfg.hub_name, data_cfg.hub_config, data_cfg.hub_valid_split, data_cfg.text_column)
+    elif data_cfg.valid_files is not None:
+        docs = iter_documents_from_files(resolve_files(data_cfg.valid_files, "data.valid_files"), data_cfg.format,
+                                         data_cfg.text_column)
+    else:
+        docs = []
+    arrays, n_docs = tokenize_documents(take(docs, data_cfg.max_valid_docs), tokenizer, data_cfg.max_seq_len, "truncate")
+    valid = HeldOutRows(arrays, data_cfg.max_seq_len)
+    log(f"[data] streaming the train data (tokenized as read); {len(valid)} held-out rows from {n_docs} documents")
+    meta = {"streaming": True, "train": {"rows": None, "mean_tokens_per_row": 0.0},
+            "valid": {"rows": len(valid), "documents": n_docs}}
+    return {"tokenizer": tokenizer, "stream": recipe_stream(data_cfg), "valid": valid, "meta": meta}
