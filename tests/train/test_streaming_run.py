@@ -68,10 +68,11 @@ def test_streaming_kill_9_and_resume_is_exact(straight):
 
 
 def test_streaming_run_ends_with_its_data(stream_files):
-    """One pass: 360 documents = 45 steps of 8; a run asking for 100 steps stops after 45 and exports."""
+    """One pass: 360 documents = 45 steps of 8; a run asking for 100 steps stops after 45 and exports (tokenized in
+    one DataLoader worker, without evaluation)."""
     base = stream_files[0]
     out = base / "short"
-    p = run(stream_args(base, out, **{"train.max_duration": "100ba", "train.eval_samples": 0,
+    p = run(stream_args(base, out, **{"train.max_duration": "100ba", "train.eval_samples": 0, "data.num_workers": 1,
                                       "train.checkpoint_interval": 1000, "data.valid_files": None}))
     tr, ev = losses(out)
     assert [s for s, _ in tr] == list(range(1, 46)) and ev == [] and (out / "model.safetensors").exists()
@@ -105,3 +106,46 @@ def test_streaming_refuses_a_converted_folder(tmp_path):
         is_main_process = True
     with pytest.raises(DataError, match="set data.streaming=false"):
         build_data(r.data, r.tokenizer, Acc(), log=lambda *a: None)
+
+
+def test_streaming_from_a_hub_dataset(tmp_path, stream_files, monkeypatch):
+    """data.hub_name with data.streaming=true (a local stand-in for the Hub): the train split is read in its order
+    by the loader, the held-out rows are data.hub_valid_split capped at data.max_valid_docs, nothing is converted."""
+    import datasets
+    import torch
+
+    from mosaic_bert.train.data import BatchPlan, StreamingTrainLoader, build_data
+    from mosaic_bert.train.masking import MLMMasker
+    base, train, valid = stream_files
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in train))
+    (tmp_path / "validation.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in valid))
+    real = datasets.load_dataset
+
+    def fake(name, config=None, split=None, streaming=False, **kw):
+        assert name == "allenai/c4" and streaming, (name, streaming)
+        return real("json", data_files=str(tmp_path / f"{split}.jsonl"), split="train", streaming=True)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    bert = Path(__file__).resolve().parents[1] / "fixtures" / "bert-base-uncased"
+    r = load_recipe(None, ["data.streaming=true", "data.hub_name=allenai/c4", "data.hub_config=en",
+                           "data.max_valid_docs=15", "data.max_seq_len=32", f"data.cache_dir={tmp_path / 'cache'}",
+                           f"tokenizer.name_or_path={bert}"])
+
+    class Acc:
+        is_main_process = True
+
+        def main_process_first(self):
+            import contextlib
+            return contextlib.nullcontext()
+    data = build_data(r.data, r.tokenizer, Acc(), log=lambda *a: None)
+    assert data.train is None and len(data.valid) == 15 and not (tmp_path / "cache").exists()
+    tok = data.tokenizer
+    loader = StreamingTrainLoader(data.stream, tok, MLMMasker.from_tokenizer(tok, 0.3, 0), BatchPlan(1, 8, 8), 2,
+                                  seq_len=32, num_workers=0)
+    rows = []
+    for _, (m,) in loader:
+        orig = torch.where(m["labels"] != -100, m["labels"], m["input_ids"])
+        rows += [r_[r_ != tok.pad_token_id].tolist() for r_ in orig]
+    want = tok(train[:16], add_special_tokens=False, truncation=True, max_length=30)["input_ids"]
+    assert rows == [[tok.cls_token_id] + w + [tok.sep_token_id] for w in want]
+    assert loader.state_dict()["examples"] == 16
