@@ -10,6 +10,9 @@ by the global sample index as on the converted path.
 Resume: the loader's state is the next step and the number of examples this rank has read; a resumed loader reads
 and drops those examples (never tokenized) and continues exactly.
 
+A recipe selects it with ``data.streaming=true`` (``build_streaming_data``: the tokenizer, ``recipe_stream`` and the
+held-out rows, tokenized in memory from ``data.valid_files`` or the Hub's ``data.hub_valid_split``).
+
 Limits: which rank reads which document depends on the world size, so a resume must keep it (the converted path does
 not have this limit); truncate mode only; skipping re-reads the stream up to the position (converted folders resume
 in O(1)).
