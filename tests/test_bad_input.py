@@ -137,13 +137,18 @@ GLUE_CASES = [
 CASES = RECIPE_CASES + DATA_CASES + GLUE_CASES
 
 
-@pytest.mark.parametrize("name,make,needles", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_a_clear_error(name, make, needles, tmp_path):
-    with pytest.raises(MosaicBertError) as info:
+def _assert_clear_error(error, name, make, needles, tmp_path):
+    """`make(tmp_path)` raises `error` whose message holds every one of `needles`."""
+    with pytest.raises(error) as info:
         make(tmp_path)
     msg = str(info.value)
     for n in needles:
         assert n in msg, f"{name}: {n!r} not in the message:\n{msg}"
+
+
+@pytest.mark.parametrize("name,make,needles", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_a_clear_error(name, make, needles, tmp_path):
+    _assert_clear_error(MosaicBertError, name, make, needles, tmp_path)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "something was written"
 
 
@@ -252,11 +257,7 @@ MODEL_CASES = [
 
 @pytest.mark.parametrize("name,make,needles", MODEL_CASES, ids=[c[0] for c in MODEL_CASES])
 def test_bad_model_input_is_a_clear_error(name, make, needles, tmp_path):
-    with pytest.raises(ValueError) as info:
-        make(tmp_path)
-    msg = str(info.value)
-    for n in needles:
-        assert n in msg, f"{name}: {n!r} not in the message:\n{msg}"
+    _assert_clear_error(ValueError, name, make, needles, tmp_path)
 
 
 def test_integer_ids_of_any_dtype_give_the_int64_outputs():
