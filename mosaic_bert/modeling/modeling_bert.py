@@ -869,10 +869,14 @@ def probs_from_grid(in_grid: torch.Tensor, pairs: AttentionPairs, n_seqs: int, m
 
 def recording_eager_attention(sink: list, grid: TokenGrid):
     """The eager attention function, appending each call's probabilities in the caller's layout
-    (batch, n_heads, seqlen, seqlen) to `sink`; the output is computed from them (they are on the autograd path)."""
+    (batch, n_heads, seqlen, seqlen) to `sink`; the output is computed from them (they are on the autograd path).
+    The pairs' layout is built once per `Sequences` (as its padded layout is) and shared by every layer."""
+    last = [None, None]  # the Sequences of the last call and its AttentionPairs
 
     def attention(qkv, seqs: Sequences, slopes, dropout_p: float) -> torch.Tensor:
-        pairs = attention_pairs(seqs, grid, qkv.shape[0])
+        if last[0] is not seqs:
+            last[:] = seqs, attention_pairs(seqs, grid, qkv.shape[0])
+        pairs = last[1]
 
         def through_grid(probs):
             sink.append(probs_to_grid(probs, pairs))
