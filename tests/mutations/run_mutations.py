@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = "mosaic_bert/modeling/modeling_bert.py"
 OPS = "mosaic_bert/modeling/flash_attn_triton.py"
 EQUIV = "tests/modeling/test_original_equivalence.py"
+TWO_PROCESSES = "tests/train/test_pretrain.py::test_two_processes_match_one"
+RECIPE_RATES = "tests/train/test_masking.py::test_recipes_mask_30_percent_for_training_and_15_for_evaluation"
 
 
 @dataclass
@@ -89,15 +91,15 @@ MUTATIONS = [
              "mosaic_bert/train/trainer.py",
              [("seed_microbatch(self.plan.seed, step, self.plan.micro_index(a))",
                "seed_microbatch(self.plan.seed, step, a)")],
-             ["tests/train/test_pretrain.py::test_two_processes_match_one"]),
+             [TWO_PROCESSES]),
     Mutation("rank_micro_index", "BatchPlan.micro_index a*P+rank -> a (seed and data shard of each rank)",
              "mosaic_bert/train/data/loader.py",
              [("        return a * self.num_processes + self.rank\n", "        return a\n")],
-             ["tests/train/test_pretrain.py::test_two_processes_match_one"]),
+             [TWO_PROCESSES]),
     Mutation("cpu_group_off", "processes launched on a CUDA-less machine not joined into a gloo group",
              "mosaic_bert/train/runtime.py",
              [("    cpu_group = world > 1 and not torch.cuda.is_available()\n", "    cpu_group = False\n")],
-             ["tests/train/test_pretrain.py::test_two_processes_match_one"]),
+             [TWO_PROCESSES]),
     Mutation("flop_attention_term", "training FLOPs: attention term 12·L·h·Σn² -> 6·L·h·Σn²", "mosaic_bert/train/flops.py",
              [("12.0 * layers * hidden * attn_sq", "6.0 * layers * hidden * attn_sq")],
              ["tests/train/test_pretrain.py::test_step_flops_match_torch_flop_counter"]),
@@ -109,12 +111,11 @@ MUTATIONS = [
     Mutation("masking_default_29", "masking rate 30 % -> 29 % (the recipe default, used by the offline default run)",
              "mosaic_bert/train/config.py",
              [("    mlm_probability: float = 0.30\n", "    mlm_probability: float = 0.29\n")],
-             ["tests/train/test_masking.py::test_recipes_mask_30_percent_for_training_and_15_for_evaluation"]),
+             [RECIPE_RATES]),
     Mutation("masking_recipe_29", "masking rate 30 % -> 29 % (the paper recipe mosaic-bert-base-uncased.yaml)",
              "mosaic_bert/train/recipes/mosaic-bert-base-uncased.yaml",
              [("  mlm_probability: 0.30\n", "  mlm_probability: 0.29\n")],
-             ["tests/train/test_masking.py::test_recipes_mask_30_percent_for_training_and_15_for_evaluation",
-              "tests/train/test_recipe.py::test_paper_recipe_numbers"]),
+             [RECIPE_RATES, "tests/train/test_recipe.py::test_paper_recipe_numbers"]),
     Mutation("masking_rate_2pct", "masking rate 2 % lower (0.300 -> 0.294)", "mosaic_bert/train/masking.py",
              [("selected = (u_sel < self.p) & ~special", "selected = (u_sel < self.p * 0.98) & ~special")],
              ["tests/train/test_masking.py::test_matches_transformers_collator_statistics"]),
