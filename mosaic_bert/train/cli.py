@@ -31,10 +31,6 @@ def fill_masks(folder: str, texts: list[str], top_k: int = 5) -> list[list[tuple
     return answers
 
 
-def fill_mask(folder: str, text: str, top_k: int = 5) -> list[tuple[str, float]]:
-    return fill_masks(folder, [text], top_k)[0]
-
-
 _ANSWER = re.compile(r"\{([^{}]+)\}")
 
 
