@@ -49,11 +49,7 @@ class ThroughputWindow:
     def reset(self):
         self.loss.zero_()
         self.steps, self.tokens, self.flops, self.samples = 0, 0, 0.0, 0
-        self.restart_clock()
-
-    def restart_clock(self):
-        self.t0 = time.perf_counter()
-        self.paused_at = None
+        self.t0, self.paused_at = time.perf_counter(), None
 
     @contextlib.contextmanager
     def paused(self):
