@@ -178,11 +178,9 @@ def render(res: dict, notes: str = "") -> str:
                     f"{c['tokens']:,} | {c['wall_s']} | {cpu} | {c['tokens'] / cpu:,.0f} | {c['documents'] / cpu:,.0f} | "
                     f"{c['peak_rss_tree_mb']} / {c['peak_rss_one_process_mb']} | {c['loadavg_1min_before']} / "
                     f"{c['loadavg_1min_after']} |")
-    first = ["| input | rows | imports s | first step s (after imports) | max RSS after imports / after first step MB | "
-             "shards mapped | loader samples/s, 1 core | 2 workers | 1 core / one H100 (4,400/s) | conversion + first "
-             "step s |", "|" + "---|" * 10]
-    first[0] = first[0].replace("max RSS after imports / after first step MB",
-                                "RSS after imports / after first step MB (anonymous)")
+    first = ["| input | rows | imports s | first step s (after imports) | RSS after imports / after first step MB "
+             "(anonymous) | shards mapped | loader samples/s, 1 core | 2 workers | 1 core / one H100 (4,400/s) | "
+             "conversion + first step s |", "|" + "---|" * 10]
     for c in res["cases"]:
         f = c.get("first_step")
         if f:
