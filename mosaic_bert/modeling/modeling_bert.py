@@ -1068,17 +1068,14 @@ class BertForMaskedLM(BertPreTrainedModel):
         loss = None
         logits = self.cls(sequence_output)  # (batch, seqlen, vocab), or (n_masked, vocab) with labels
         if labels is None:
-            if attention_mask is not None and kwargs.get("indices") is None:
-                logits = logits * attention_mask.ne(0)[..., None].to(logits.dtype)
+            if kwargs.get("indices") is None:
+                logits = _zero_at_padding(logits, attention_mask)
         else:
             # mean over the labelled tokens; no labelled token gives a zero loss that still has a graph (DDP)
             n_masked = (flat_labels != -100).sum().clamp_min(1)
             loss = F.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum") / n_masked
-        if not return_dict:
-            extra = tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
-            return ((loss, logits) if loss is not None else (logits,)) + extra
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                              attentions=outputs.attentions)
+        return _returned(MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                        attentions=outputs.attentions), return_dict)
 
 
 def _check_class_ids(config, labels: torch.Tensor, num_classes=None, attention_mask=None):
