@@ -224,7 +224,7 @@ def main(argv=None):
             r = convert_run(inputs, out, a.tokenizer, procs, mode)
             r.update(size_mb=size, text_bytes=nbytes, loadavg_1min_before=round(load0, 2),
                      loadavg_1min_after=round(os.getloadavg()[0], 2))
-            if mode == "truncate" and procs == runs[-1][0] or (mode == "truncate" and len(runs) == 1):
+            if mode == "truncate" and procs == runs[-1][0]:   # (len(runs) == 1 is a case of it)
                 r["first_step"] = first_step(out)
                 r["time_to_first_step_s"] = round(r["wall_s"] + r["first_step"]["import_s"] +
                                                   r["first_step"]["first_step_s_after_imports"], 1)
