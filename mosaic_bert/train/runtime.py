@@ -57,8 +57,7 @@ def _settle_after_end_training(accelerator):
     ~AsyncBarrierWork -> decref of a Python-owned tensor -> take_gil)."""
     if accelerator.num_processes > 1 and accelerator.device.type == "cpu":
         import time
-        for _ in range(10):
-            time.sleep(0.02)
+        time.sleep(0.2)
 
 
 def build_accelerator(train_cfg):
