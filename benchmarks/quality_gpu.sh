@@ -58,7 +58,7 @@ case $PHASE in
       echo "== GLUE of $dir" | tee -a "$LOG"
       timeout ${GLUE_LIMIT:-280} python3 scripts/glue.py --model "$dir" --data-dir $C/glue --tasks ${TASKS:-cola,sst2,mrpc,stsb,rte} \
         --output-dir $Q/glue_$m --seeds 1 ${GLUE_ARGS:-} 2>&1 | tr '\r' '\n' | grep -v -E 'it/s\]$|^$' | tail -30 | tee -a "$LOG"
-      cp $Q/glue_$m/*.json "$OUT/" 2>/dev/null; for f in $Q/glue_$m/*.json; do cp "$f" "$OUT/glue_${m}_$(basename $f)"; done
+      for f in $Q/glue_$m/*.json; do cp "$f" "$OUT/glue_${m}_$(basename $f)"; done
     done ;;
 esac
 ls $Q/runs 2>/dev/null | tee -a "$LOG"
