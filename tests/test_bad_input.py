@@ -168,7 +168,7 @@ def test_a_few_undecodable_bytes_warn_with_the_count(tmp_path, caplog):
     assert "mostly.txt" in caplog.text and "1 undecodable" in caplog.text, caplog.text
 
 
-def test_one_huge_line_is_cut_before_tokenizing_in_truncate_mode(tmp_path):
+def test_one_huge_line_is_cut_before_tokenizing_in_truncate_mode(tmp_path, monkeypatch):
     """A 5 MB single-line document: truncate mode keeps only its first max_seq_len tokens, so the tokenizer must not
     see (and hold in memory) the whole line; the held-out error then says how many documents were read."""
     from mosaic_bert.train.data.store import tokenize_documents
@@ -182,11 +182,8 @@ def test_one_huge_line_is_cut_before_tokenizing_in_truncate_mode(tmp_path):
         seen.extend(len(d) for d in batch)
         return real_call(self, batch, **kw)
 
-    type(tok).__call__ = spy
-    try:
-        arrays, n = tokenize_documents(["alpha beta " * 500_000], tok, 16, "truncate")
-    finally:
-        type(tok).__call__ = real_call
+    monkeypatch.setattr(type(tok), "__call__", spy)
+    arrays, n = tokenize_documents(["alpha beta " * 500_000], tok, 16, "truncate")
     assert n == 1 and arrays["ids"].shape == (1, 16) and max(seen) <= 16 * 128, max(seen)
 
 
