@@ -36,7 +36,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ...errors import DataError
-from .sources import TEXT_FORMATS, detect_format, doc_hash_bucket, iter_hub_documents, iter_text_documents
+from .sources import doc_hash_bucket, iter_documents_from_files, iter_hub_documents
 from ..tokenizer import single_threaded_tokenizers
 from .store import DocumentEncoder, tokenizer_fingerprint
 
@@ -117,12 +117,7 @@ class InputShard:
             yield from iter_hub_documents(self.source, self.config, self.split, self.text_column,
                                           shard=(self.count, self.index))
             return
-        f = detect_format(self.source) if self.fmt == "auto" else self.fmt
-        if f in TEXT_FORMATS:
-            yield from iter_text_documents(self.source, "lines" if f == "lines" else "text")
-        else:
-            from .sources import _iter_table_documents
-            yield from _iter_table_documents(self.source, f, self.text_column)
+        yield from iter_documents_from_files([self.source], self.fmt, self.text_column)
 
 
 def file_shards(files: list[str], valid_files: list[str], fmt: str = "auto", text_column: str = "text") -> list[InputShard]:
