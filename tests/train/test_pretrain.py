@@ -28,12 +28,20 @@ def tiny_args(out, cache, **extra):
     return [f"{k}={'null' if v is None else v}" for k, v in args.items()]
 
 
+def child_env(**extra):
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+def exit_error(code, stdout, stderr):
+    return AssertionError(f"exit {code}\nSTDOUT\n{stdout[-3000:]}\nSTDERR\n{stderr[-5000:]}")
+
+
 def run(args, launcher=None, check=True, resume=None):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = child_env()
     cmd = (launcher or [sys.executable]) + [str(SCRIPT)] + args + (["--resume"] + ([resume] if resume != "latest" else []) if resume else [])
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if check and p.returncode != 0:
-        raise AssertionError(f"exit {p.returncode}\nSTDOUT\n{p.stdout[-3000:]}\nSTDERR\n{p.stderr[-5000:]}")
+        raise exit_error(p.returncode, p.stdout, p.stderr)
     return p
 
 
@@ -57,7 +65,7 @@ Trainer(load_recipe(None, sys.argv[2:]), callbacks=[KillAt(int(sys.argv[1]))]).f
 
 
 def run_with_kill_at(step, args):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = child_env()
     return subprocess.run([sys.executable, "-c", KILL_AT, str(step)] + args, cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
 
@@ -120,8 +128,7 @@ def run_group(args, launcher, timeout=300):
     (faulthandler, SIGABRT), then the whole group is killed (no orphaned ranks) and the test fails showing them."""
     import signal
     import time
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONFAULTHANDLER": "1"}
+    env = child_env(PYTHONFAULTHANDLER="1")
     p = subprocess.Popen(launcher + [str(SCRIPT)] + args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -137,7 +144,7 @@ def run_group(args, launcher, timeout=300):
         raise AssertionError(f"the {len(workers.stdout.split())}-process run did not end within {timeout} s; worker "
                              f"stacks at the end of STDERR\nSTDOUT\n{stdout[-3000:]}\nSTDERR\n{stderr[-12000:]}")
     if p.returncode != 0:
-        raise AssertionError(f"exit {p.returncode}\nSTDOUT\n{stdout[-3000:]}\nSTDERR\n{stderr[-5000:]}")
+        raise exit_error(p.returncode, stdout, stderr)
     return subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
 
 
