@@ -43,8 +43,9 @@ def fill_mask_demo(folder: str, examples) -> list[str]:
     masked = [_ANSWER.sub("[MASK]", e, count=1) for e in examples]
     lines, hits = [], 0
     for text, want, preds in zip(masked, expected, fill_masks(folder, masked)):
-        verdict = "" if want is None else ("   right" if preds[0][0] == want else f"   (held-out text: {want})")
-        hits += want is not None and preds[0][0] == want
+        right = want is not None and preds[0][0] == want
+        hits += right
+        verdict = "" if want is None else ("   right" if right else f"   (held-out text: {want})")
         lines.append(f"[fill-mask] {text}\n            -> " + ", ".join(f"{t} ({p:.2f})" for t, p in preds) + verdict)
     graded = sum(w is not None for w in expected)
     if graded:
