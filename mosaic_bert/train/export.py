@@ -135,9 +135,7 @@ def result_message(summary: dict) -> str:
 
 def declared_max_length(config) -> int | None:
     """The input length the model declares: ALiBi's `alibi_starting_size` (longer inputs run, extrapolated, with a
-    warning) or learned positions' `max_position_embeddings`."""
-    if config is None:
-        return None
+    warning) or learned positions' `max_position_embeddings` (None without a config: getattr's default)."""
     return getattr(config, "alibi_starting_size", None) or getattr(config, "max_position_embeddings", None)
 
 
