@@ -11,14 +11,14 @@ from .corpus import build_python_docs_corpus, default_cache_dir
 from .loader import BatchPlan, TrainLoader, TrainMicrobatches, eval_batches, make_batch
 from .order import global_rows, permute
 from .shards import TokenizedSplit
-from .sources import (detect_format, document_streams, iter_documents_from_files, iter_hub_documents,
+from .sources import (detect_format, iter_documents_from_files, iter_hub_documents,
                       iter_text_documents, resolve_files, resolve_sources, take)
 from .streaming import StreamingTrainLoader, build_streaming_data
 from .store import DocumentEncoder, build_or_load_cache, summary, tokenize_documents, tokenizer_fingerprint
 
 __all__ = ["BatchPlan", "DataError", "DocumentEncoder", "Folder", "InputShard", "PretrainingData", "TokenizedSplit",
            "StreamingTrainLoader", "TrainLoader", "TrainMicrobatches", "build_data", "build_or_load_cache", "build_python_docs_corpus",
-           "convert", "default_cache_dir", "detect_format", "document_streams", "eval_batches", "file_shards",
+           "convert", "default_cache_dir", "detect_format", "eval_batches", "file_shards",
            "global_rows", "hub_shards", "is_converted", "iter_documents_from_files", "iter_hub_documents",
            "iter_text_documents", "make_batch", "open_converted", "permute", "resolve_files", "resolve_sources", "take",
            "tokenize_documents", "tokenizer_fingerprint"]

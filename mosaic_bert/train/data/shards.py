@@ -105,7 +105,3 @@ class TokenizedSplit:
         if docs is None:
             docs = (np.arange(self._seq_len)[None, :] < lengths[:, None]).astype(np.int64)
         return ids, docs, lengths
-
-    def lengths_array(self) -> np.ndarray:
-        """All row lengths (reads every shard's lengths file: small, int32 per row)."""
-        return np.concatenate([self.shard(k)[1] for k in range(len(self.shards))]) if self.shards else np.zeros(0, np.int32)

@@ -217,23 +217,3 @@ def resolve_sources(cfg, default_corpus: Optional[dict]) -> tuple[list[str], lis
         return [default_corpus["train"]], [default_corpus["valid"]]
     valid = resolve_files(cfg.valid_files, "data.valid_files") if cfg.valid_files else []
     return resolve_files(cfg.train_files, "data.train_files"), valid
-
-
-def document_streams(cfg, files: list[str], valid_files: list[str]) -> tuple[Iterable[str], Iterable[str]]:
-    """(train documents, held-out documents). Without held-out files, documents whose hash bucket falls under
-    ``valid_fraction`` are held out; that list fills while the train stream is read, so read the train one first."""
-    if cfg.hub_name is not None:
-        hub = lambda split: iter_hub_documents(cfg.hub_name, cfg.hub_config, split, cfg.text_column)
-        return take(hub(cfg.hub_train_split), cfg.max_train_docs), take(hub(cfg.hub_valid_split), cfg.max_valid_docs)
-    read = lambda fs: iter_documents_from_files(fs, cfg.format, cfg.text_column)
-    if valid_files:
-        return take(read(files), cfg.max_train_docs), take(read(valid_files), cfg.max_valid_docs)
-    held: list[str] = []
-
-    def train_docs():
-        for d in take(read(files), cfg.max_train_docs):
-            if doc_hash_bucket(d) < cfg.valid_fraction and (cfg.max_valid_docs is None or len(held) < cfg.max_valid_docs):
-                held.append(d)
-            else:
-                yield d
-    return train_docs(), held
