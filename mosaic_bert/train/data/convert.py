@@ -372,25 +372,30 @@ def convert(inputs: list[InputShard], out_url: str, tokenizer, seq_len: int, mod
     spec = Spec(int(seq_len), mode, float(valid_fraction), tokenizer_fingerprint(tokenizer))
     ident = {"format": FORMAT, "version": FORMAT_VERSION, "spec": asdict(spec), "inputs": [asdict(s) for s in inputs],
              "max_train_docs": max_train_docs, "max_valid_docs": max_valid_docs}
-    if out.exists("manifest.json") and out.read_json("manifest.json").get("identity") == ident:
-        log(f"[prepare] {out.url} is already converted")
-        return out.read_json("manifest.json")
+    if out.exists("manifest.json"):
+        done = out.read_json("manifest.json")
+        if done.get("identity") == ident:
+            log(f"[prepare] {out.url} is already converted")
+            return done
     _open_output(out, ident, tokenizer)
     jobs, markers, kept, pool_box = list(enumerate(inputs)), {}, [], []
-    tok_ref = out.path("tokenizer") if out.local else tokenizer   # what pool workers load (a local folder)
-    tmp_tok = tempfile.TemporaryDirectory(prefix="mosaic-bert-tok-")
-    if not out.local and num_proc > 1:
+    tok_ref, tmp_tok = tokenizer, None   # what _run's jobs load: pool workers get a local folder
+    if num_proc > 1 and out.local:
+        tok_ref = out.path("tokenizer")
+    elif num_proc > 1:
+        tmp_tok = tempfile.TemporaryDirectory(prefix="mosaic-bert-tok-")
         tokenizer.save_pretrained(tmp_tok.name)
         tok_ref = tmp_tok.name
     try:
         for role, cap in (("train", max_train_docs), ("valid", max_valid_docs)):
             group = [(i, s) for i, s in jobs if (s.role in ("both", "train")) == (role == "train")]
-            _run(out, group, spec, tok_ref if num_proc > 1 else tokenizer, num_proc, cap, log, markers, pool_box)
+            _run(out, group, spec, tok_ref, num_proc, cap, log, markers, pool_box)
             kept += _keep_prefix(out, group, spec, tokenizer, cap, markers, log)
     finally:
         for p in pool_box:
             p.shutdown(cancel_futures=True)
-        tmp_tok.cleanup()
+        if tmp_tok is not None:
+            tmp_tok.cleanup()
     manifest = _manifest(out, ident, spec, kept, markers)
     log(f"[prepare] done: {out.url}: {manifest['train']['rows']:,} train rows ({manifest['train']['tokens']:,} tokens) "
         f"in {len(manifest['train']['shards'])} shards, {manifest['valid']['rows']:,} held-out rows")
