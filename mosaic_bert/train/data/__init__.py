@@ -2,6 +2,7 @@
 step with scripts/prepare_data.py or on the fly into the run's cache; ``store`` encodes) -> memory-mapped splits
 (``shards``) -> deterministic, resumable microbatches (``order``, ``loader``)."""
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def open_converted(data_cfg, tok_cfg, cache_root: Path) -> PretrainingData:
         raise DataError(f"{url} was converted with seq_len {manifest['seq_len']} and mode {manifest['mode']}, the recipe "
                         f"asks for data.max_seq_len={data_cfg.max_seq_len} data.mode={data_cfg.mode}: set "
                         f"data.max_seq_len={manifest['seq_len']} data.mode={manifest['mode']}, or convert again.")
-    remote = cache_root / "remote" / __import__("hashlib").sha256(url.encode()).hexdigest()[:16]
+    remote = cache_root / "remote" / hashlib.sha256(url.encode()).hexdigest()[:16]
     if tok_cfg.name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(tok_cfg.name_or_path)
         if tokenizer_fingerprint(tokenizer) != manifest["tokenizer_fingerprint"]:
