@@ -203,7 +203,7 @@ def _num_proc(cfg, files: list[str]) -> int:
     return max(1, min(os.cpu_count() or 1, len(files))) if size > 64 << 20 else 1
 
 
-def _write_lengths(folder: Path, meta: dict):
+def _write_lengths(folder: Path):
     """``train_lengths.npy``: every train row's length in one array (benchmarks/pretrain_bare_loop.py reads it),
     written through a memory map shard by shard."""
     from .shards import TokenizedSplit
@@ -251,7 +251,7 @@ def build_or_load_cache(cfg, tokenizer, log=print, is_main: bool = True, default
                        num_proc=_num_proc(cfg, files + valid_files), max_train_docs=cfg.max_train_docs,
                        max_valid_docs=cfg.max_valid_docs if (valid_files or cfg.hub_name) else None,
                        log=lambda *a: None)
-    _write_lengths(folder, manifest)
+    _write_lengths(folder)
     meta = summary(manifest)
     log(f"[data] cache ready: {meta['train']['rows']} train rows ({meta['train']['tokens']:,} tokens from "
         f"{meta['train']['documents']} docs), {meta['valid']['rows']} held-out rows")
