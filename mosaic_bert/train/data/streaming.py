@@ -29,6 +29,7 @@ import torch
 from ...errors import DataError
 from ..masking import MLMMasker
 from .loader import BatchPlan
+from .store import _SAFE_CUT_CHARS   # characters that always hold a row's tokens
 
 _TOKENIZE_DOCS = 256
 
@@ -63,8 +64,8 @@ class _Microbatches(torch.utils.data.IterableDataset):
         read, batch = self.skip, []
 
         def flush(batch):
-            enc = tok([t[: body * 128] for t, _ in batch], add_special_tokens=False, truncation=True, max_length=body,
-                      return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+            enc = tok([t[: body * _SAFE_CUT_CHARS] for t, _ in batch], add_special_tokens=False, truncation=True,
+                      max_length=body, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
             for ids, (_, n) in zip(enc, batch):
                 if ids:
                     yield [tok.cls_token_id] + ids + [tok.sep_token_id], n
