@@ -18,6 +18,11 @@ from ...errors import DataError
 from .convert import FORMAT, Folder
 
 
+def attention_from_lengths(lengths: np.ndarray, width: int) -> np.ndarray:
+    """(rows, width) int64 0/1 attention: 1 on each row's first ``lengths`` positions (rows without document ids)."""
+    return (np.arange(width)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)
+
+
 class TokenizedSplit:
     """The rows of one split of a converted folder: ``len``, ``seq_len``, ``rows(idx)``; memory-maps lazily."""
 
@@ -103,5 +108,5 @@ class TokenizedSplit:
             if docs is not None:
                 docs[sel] = a_docs[rows]
         if docs is None:
-            docs = (np.arange(self._seq_len)[None, :] < lengths[:, None]).astype(np.int64)
+            docs = attention_from_lengths(lengths, self._seq_len)
         return ids, docs, lengths

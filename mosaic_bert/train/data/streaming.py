@@ -29,6 +29,7 @@ import torch
 from ...errors import DataError
 from ..masking import MLMMasker
 from .loader import BatchPlan
+from .shards import attention_from_lengths
 from .store import _SAFE_CUT_CHARS   # characters that always hold a row's tokens
 
 _TOKENIZE_DOCS = 256
@@ -92,7 +93,7 @@ class _Microbatches(torch.utils.data.IterableDataset):
                 ids[j, : len(r)] = r
             lengths = np.array([len(r) for r, _ in got])
             width = int(lengths.max())
-            att = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+            att = attention_from_lengths(lengths, width)
             input_ids, labels = self.masker(ids[:, :width], plan.sample_indices(step, a))
             yield {"input_ids": input_ids, "attention_mask": torch.from_numpy(att), "labels": labels,
                    "_examples": got[-1][1]}
@@ -158,7 +159,7 @@ class HeldOutRows:
     def rows(self, idx):
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         lengths = self.lengths[idx]
-        return self.ids[idx], (np.arange(self.seq_len)[None, :] < lengths[:, None]).astype(np.int64), lengths
+        return self.ids[idx], attention_from_lengths(lengths, self.seq_len), lengths
 
 
 def _file_examples(files, fmt: str, text_column: str):
