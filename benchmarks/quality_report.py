@@ -1,6 +1,9 @@
 """Turn the logs of benchmarks/quality_gpu.sh into benchmarks/results/quality_h100.{json,md,png}.
 
-    python benchmarks/quality_report.py benchmarks/results/quality
+    python benchmarks/quality_report.py benchmarks/results/quality_run2 benchmarks/results/quality
+
+The first folder is the measured pair: its final runs give the curves, and GLUE is of its checkpoints. Any further
+folders add their runs to the table (the sweep, earlier finals as replicates); their GLUE is not used.
 
 GPU-seconds are the trainer's `train_seconds` at each held-out evaluation: training steps only (evaluation and
 checkpoint pauses left out), the first window's compilation included.
@@ -37,18 +40,31 @@ def loss_at(curve: list, seconds: float) -> float:
     return curve[-1][1]
 
 
-def glue_scores(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    tasks = json.loads(path.read_text())["tasks"]
-    return {name: round(t["final"], 2) for name, t in tasks.items() if t.get("final") is not None}
+def glue_tasks(folder: Path, fam: str) -> dict:
+    """Every task of `fam` in `folder`: one results file per task (glue_<fam>_<task>_results.json, the parallel
+    phase) or one for all (glue_<fam>_results.json)."""
+    tasks = {}
+    for path in sorted(folder.glob(f"glue_{fam}_*results.json")):
+        tasks.update(json.loads(path.read_text())["tasks"])
+    return tasks
 
 
-def main(folder: str):
-    d = Path(folder)
-    runs = {p.name.removesuffix("_metrics.jsonl"): read_run(p) for p in sorted(d.glob("*_metrics.jsonl"))
+def glue_scores(tasks: dict, key: str = "final") -> dict:
+    return {name: round(t[key], 2) for name, t in tasks.items() if t.get(key) is not None}
+
+
+def read_runs(folder: Path) -> dict:
+    return {p.name.removesuffix("_metrics.jsonl"): read_run(p) for p in sorted(folder.glob("*_metrics.jsonl"))
             if not p.name.startswith("prep_")}
+
+
+def main(folder: str, *earlier: str):
+    d = Path(folder)
+    runs = read_runs(d)
     final = {fam: next(v for k, v in runs.items() if k.startswith(f"final_{fam}_")) for fam in ("mosaic", "hf")}
+    for e in earlier:
+        runs.update({f"{Path(e).name}/{k}": v for k, v in read_runs(Path(e)).items()})
+    glue = {fam: glue_tasks(d, fam) for fam in ("mosaic", "hf")}
     hf_final_loss, hf_time = final["hf"]["curve"][-1][1], final["hf"]["curve"][-1][0]
     result = {
         "device": "NVIDIA H100 80GB HBM3", "software": "torch 2.11.0+cu130, transformers 5.17.0, triton 3.6.0",
@@ -61,13 +77,25 @@ def main(folder: str):
         "baseline_final_loss": hf_final_loss,
         "seconds_to_baseline_final_loss": {fam: first_time_below(r["curve"], hf_final_loss) for fam, r in final.items()},
         "mosaic_loss_at_baseline_time": round(loss_at(final["mosaic"]["curve"], hf_time), 4),
-        "glue": {fam: glue_scores(d / f"glue_{fam}_results.json") for fam in ("mosaic", "hf")},
+        "glue": {fam: glue_scores(glue[fam]) for fam in ("mosaic", "hf")},
+        "glue_best_epoch": {fam: glue_scores(glue[fam], "best_epoch") for fam in ("mosaic", "hf")},
+        "glue_setup": {fam: {name: {"start": t.get("start"), "epochs_run": t.get("epochs_run"), "seeds": t.get("seeds"),
+                                    "recipe": t.get("recipe")} for name, t in glue[fam].items()} for fam in ("mosaic", "hf")},
     }
     out = d.parent / "quality_h100.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     lines = ["| run | steps | tokens/s (median) | GPU-s at end | held-out loss at end |", "|---|---|---|---|---|"]
     for name, r in runs.items():
         lines.append(f"| {name} | {r['steps']} | {r['tokens_per_s_median']:,} | {r['curve'][-1][0]} | {r['curve'][-1][1]} |")
+    names = sorted(set(result["glue"]["mosaic"]) | set(result["glue"]["hf"]))
+    if names:
+        lines += ["", "GLUE dev (final epoch; best epoch in brackets), one seed:", "",
+                  "| model | " + " | ".join(names) + " | mean |", "|---|" + "---|" * (len(names) + 1)]
+        for fam, label in (("mosaic", "MosaicBERT-base (ours)"), ("hf", "HF BERT-base")):
+            sc, best = result["glue"][fam], result["glue_best_epoch"][fam]
+            cells = [f"{sc[n]:.1f} ({best[n]:.1f})" if n in sc else "–" for n in names]
+            mean = f"{sum(sc.values()) / len(sc):.1f}" if len(sc) == len(names) else "–"
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} |")
     (d.parent / "quality_h100.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
@@ -92,4 +120,4 @@ def main(folder: str):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/quality")
+    main(*(sys.argv[1:] or ["benchmarks/results/quality_run2", "benchmarks/results/quality"]))
