@@ -149,13 +149,18 @@ def _unpad_heads(out: torch.Tensor, pad_index: torch.Tensor) -> torch.Tensor:
     return index_first_axis(out.transpose(1, 2).reshape(n * L, h, d), pad_index)
 
 
+def _padded_alibi_bias(slopes, max_seqlen: int, key_valid) -> torch.Tensor:
+    """The additive score bias of the padded paths: ALiBi, and -inf at padding keys. (n_seqs, n_heads, L, L)"""
+    return alibi_bias(slopes, max_seqlen)[None].masked_fill(~key_valid[:, None, None, :], float("-inf"))
+
+
 def eager_attention_with_probs(qkv, seqs: Sequences, slopes, dropout_p: float, through=None):
     """Plain matmul-softmax in fp32, with the ALiBi bias and padding masking; supports attention dropout.
     Returns the output (total_nnz, n_heads, head_dim) and the attention probabilities after dropout
     (n_seqs, n_heads, max_seqlen, max_seqlen), zero at padding keys. `through`: a function the probabilities pass
     through before they multiply the values (output_attentions keeps them on the autograd path this way)."""
     q, k, v, pad_index, key_valid = _padded_qkv(qkv, seqs)
-    bias = alibi_bias(slopes, seqs.max_seqlen)[None].masked_fill(~key_valid[:, None, None, :], float("-inf"))
+    bias = _padded_alibi_bias(slopes, seqs.max_seqlen, key_valid)
     scores = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1]) + bias
     probs = torch.softmax(scores, dim=-1)
     probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0).to(v.dtype)
@@ -172,7 +177,7 @@ def eager_attention(qkv, seqs: Sequences, slopes, dropout_p: float) -> torch.Ten
 def sdpa_attention(qkv, seqs: Sequences, slopes, dropout_p: float) -> torch.Tensor:
     """PyTorch scaled_dot_product_attention with the ALiBi bias as an additive mask; supports attention dropout."""
     q, k, v, pad_index, key_valid = _padded_qkv(qkv, seqs)
-    bias = alibi_bias(slopes, seqs.max_seqlen)[None].masked_fill(~key_valid[:, None, None, :], float("-inf"))
+    bias = _padded_alibi_bias(slopes, seqs.max_seqlen, key_valid)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p)
     return _unpad_heads(out, pad_index)
 
