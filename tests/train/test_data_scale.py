@@ -206,6 +206,9 @@ def test_prepare_cli_and_a_remote_fsspec_folder(tmp_path, converted, tok):
     for a, b in zip(remote.rows(idx), local.rows(idx)):
         np.testing.assert_array_equal(a, b)
     assert remote.mapped_shards < len(remote.shards)                          # only the shards read were fetched
+    from mosaic_bert.train.data.shards import local_copy
+    fetched = sorted(p.relative_to(tmp_path / "cache") for p in (tmp_path / "cache").rglob("*.npy"))
+    assert fetched and all(p.parts[0] == local_copy(url, "x").name for p in fetched)   # one folder per URL, not nested
     import pickle
     local.rows(np.arange(len(local)))                                          # every shard mapped ...
     assert local.mapped_shards == len(local.shards) and len(pickle.dumps(local)) < 4096   # ... none sent to workers

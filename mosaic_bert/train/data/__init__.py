@@ -2,7 +2,6 @@
 step with scripts/prepare_data.py or on the fly into the run's cache; ``store`` encodes) -> memory-mapped splits
 (``shards``) -> deterministic, resumable microbatches (``order``, ``loader``)."""
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from .convert import Folder, InputShard, convert, file_shards, hub_shards, is_co
 from .corpus import build_python_docs_corpus, default_cache_dir
 from .loader import BatchPlan, TrainLoader, TrainMicrobatches, eval_batches, make_batch
 from .order import global_rows, permute
-from .shards import TokenizedSplit
+from .shards import TokenizedSplit, local_copy
 from .sources import (detect_format, iter_documents_from_files, iter_hub_documents,
                       iter_text_documents, resolve_files, resolve_sources, take)
 from .streaming import StreamingTrainLoader, build_streaming_data
@@ -57,7 +56,7 @@ def open_converted(data_cfg, tok_cfg, cache_root: Path) -> PretrainingData:
         raise DataError(f"{url} was converted with seq_len {manifest['seq_len']} and mode {manifest['mode']}, the recipe "
                         f"asks for data.max_seq_len={data_cfg.max_seq_len} data.mode={data_cfg.mode}: set "
                         f"data.max_seq_len={manifest['seq_len']} data.mode={manifest['mode']}, or convert again.")
-    remote = cache_root / "remote" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    remote = cache_root / "remote"    # the splits and the tokenizer share one local copy: local_copy(url, remote)
     if tok_cfg.name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(tok_cfg.name_or_path)
         if tokenizer_fingerprint(tokenizer) != manifest["tokenizer_fingerprint"]:
@@ -65,7 +64,7 @@ def open_converted(data_cfg, tok_cfg, cache_root: Path) -> PretrainingData:
                             f"{tok_cfg.name_or_path}: set tokenizer.name_or_path=null (use the folder's own "
                             f"tokenizer/) or convert again with this tokenizer.")
     else:
-        tokenizer = _folder_tokenizer(url, remote / "tokenizer")
+        tokenizer = _folder_tokenizer(url, local_copy(url, remote) / "tokenizer")
     return PretrainingData(tokenizer, TokenizedSplit(url, "train", remote), TokenizedSplit(url, "valid", remote),
                            summary(manifest))
 

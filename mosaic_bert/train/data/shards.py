@@ -3,7 +3,8 @@ a row's shard comes from the cumulative row counts (O(shards) memory), and a sha
 first time a row of it is asked for, so a process maps only the shards it reads.
 
 A remote folder (an fsspec URL such as ``s3://bucket/c4-128``) is read through a local copy: each shard a process
-reads is downloaded once, atomically, into ``local_cache`` (several processes of a node may share it)."""
+reads is downloaded once, atomically, into ``local_copy(url, local_cache)`` (several processes of a node may share
+it)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ from .convert import FORMAT, Folder
 def attention_from_lengths(lengths: np.ndarray, width: int) -> np.ndarray:
     """(rows, width) int64 0/1 attention: 1 on each row's first ``lengths`` positions (rows without document ids)."""
     return (np.arange(width)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)
+
+
+def local_copy(url: str, cache: Optional[str] = None) -> Path:
+    """The local folder mirroring remote folder ``url`` (shards, tokenizer/): one per URL under ``cache``
+    (default $TMPDIR/mosaic_bert_remote), so two folders never share files."""
+    base = Path(cache) if cache else Path(os.environ.get("TMPDIR", "/tmp")) / "mosaic_bert_remote"
+    return base / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 class TokenizedSplit:
@@ -42,8 +50,7 @@ class TokenizedSplit:
         self.offsets = np.cumsum([0] + [s["rows"] for s in manifest[split]["shards"]]).astype(np.int64)
         self.local_root = Path(src.root) if src.local else None
         if self.local_root is None:
-            base = Path(local_cache) if local_cache else Path(os.environ.get("TMPDIR", "/tmp")) / "mosaic_bert_remote"
-            self.local_root = base / hashlib.sha256(self.url.encode()).hexdigest()[:16]
+            self.local_root = local_copy(self.url, local_cache)
             self._remote = self.url
         else:
             self._remote = None
