@@ -51,6 +51,7 @@ def test_streaming_run_trains_evaluates_and_exports(straight, stream_files):
     assert (out / "model.safetensors").exists() and (out / "tokenizer_config.json").exists()
     state = json.loads((out / "checkpoints" / "step_0000008" / "trainer_state.json").read_text())
     assert state["loader"]["examples"] == 64 and state["loader"]["world"] == 1   # 8 steps x 8 documents read
+    assert state["loader"]["rank_examples"] == [64]
 
 
 def test_streaming_kill_9_and_resume_is_exact(straight):

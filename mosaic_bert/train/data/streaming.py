@@ -7,8 +7,14 @@ Order: the dataset's own order (no shuffle buffer: its state would have to be ch
 ``W``-th example). Rows are made in truncate mode (one [CLS] ... [SEP] row per document, the paper's). Masks are keyed
 by the global sample index as on the converted path.
 
-Resume: the loader's state is the next step and the number of examples this rank has read; a resumed loader reads
-and drops those examples (never tokenized) and continues exactly.
+Ranks: after each step the ranks exchange (over a CPU gloo group, no GPU sync) whether each has its microbatches and
+how many examples each has read: all stop at the first step one of them cannot fill (a rank that trained on alone
+would wait forever in the gradient all-reduce), and every rank's position is known to the main process, which alone
+writes the checkpoint. Positions differ between ranks: records that make no row (empty on a Hub dataset, or no token
+after normalization) are read but not counted as rows.
+
+Resume: the loader's state is the next step and the number of examples each rank has read; a resumed rank reads and
+drops its own count of examples (never tokenized) and continues exactly.
 
 A recipe selects it with ``data.streaming=true`` (``build_streaming_data``: the tokenizer, ``recipe_stream`` and the
 held-out rows, tokenized in memory from ``data.valid_files`` or the Hub's ``data.hub_valid_split``).
@@ -21,7 +27,7 @@ in O(1)).
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -55,9 +61,10 @@ class _Microbatches(torch.utils.data.IterableDataset):
     """This rank's microbatches from ``start_step`` on, each with ``_examples``: examples read up to its last row."""
 
     def __init__(self, open_stream, tokenizer, masker: MLMMasker, plan: BatchPlan, seq_len: int, text_column: str,
-                 start_step: int, skip: int):
+                 start_step: int, skip: int, layout: Optional[Callable[[dict], dict]] = None):
         self.open_stream, self.tokenizer, self.masker, self.plan = open_stream, tokenizer, masker, plan
         self.seq_len, self.text_column, self.start, self.skip = seq_len, text_column, start_step, skip
+        self.layout = layout
 
     def _rows(self) -> Iterator[tuple[list[int], int]]:
         tok, body = self.tokenizer, self.seq_len - 2
@@ -92,21 +99,36 @@ class _Microbatches(torch.utils.data.IterableDataset):
             for j, (r, _) in enumerate(got):
                 ids[j, : len(r)] = r
             lengths = np.array([len(r) for r, _ in got])
-            width = int(lengths.max())
+            # as TrainMicrobatches: padding columns no row uses are cut, unless a layout is added (then the full
+            # width: fewer distinct shapes for a compiled model)
+            width = self.seq_len if self.layout else int(lengths.max())
             att = attention_from_lengths(lengths, width)
             input_ids, labels = self.masker(ids[:, :width], plan.sample_indices(step, a))
-            yield {"input_ids": input_ids, "attention_mask": torch.from_numpy(att), "labels": labels,
-                   "_examples": got[-1][1]}
+            batch = {"input_ids": input_ids, "attention_mask": torch.from_numpy(att), "labels": labels}
+            yield {**batch, **(self.layout(batch) if self.layout else {}), "_examples": got[-1][1]}
+
+
+def _cpu_group(world: int):
+    """The process group for the ranks' per-step exchange, or None (one process, or no torch.distributed: an
+    in-process test of one rank). Gloo even beside NCCL: a CUDA collective would make the host wait for the GPU's
+    queued work every step, and the loader runs ahead of it."""
+    import torch.distributed as dist
+    if world == 1 or not (dist.is_available() and dist.is_initialized()):
+        return None
+    return dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
 
 
 class StreamingTrainLoader:
     """``TrainLoader``'s contract on a stream: yields ``(step, [microbatch, ...])``; ``state_dict`` holds the next step
-    and the examples this rank has read. ``open_stream()`` returns the whole (unsplit) stream, e.g.
+    and the examples each rank has read. ``open_stream()`` returns the whole (unsplit) stream, e.g.
     ``lambda: datasets.load_dataset("allenai/c4", "en", split="train", streaming=True)``. ``num_workers`` 0 tokenizes
     in the training process, 1 in one DataLoader worker (one stream per rank keeps the order exact)."""
 
     def __init__(self, open_stream: Callable, tokenizer, masker: MLMMasker, plan: BatchPlan, total_steps: int,
-                 seq_len: int = 128, mode: str = "truncate", text_column: str = "text", num_workers: int = 1):
+                 seq_len: int = 128, mode: str = "truncate", text_column: str = "text", num_workers: int = 1,
+                 layout: Optional[Callable[[dict], dict]] = None):
+        """``layout``: extra model inputs computed from each microbatch in the loader, as ``TrainLoader``'s (the
+        bucketed unpadding of the compiled fast path)."""
         if mode != "truncate":
             raise DataError(f"Streaming makes truncate rows only (got data.mode={mode}): convert the data with "
                             f"scripts/prepare_data.py for chunk or pack.")
@@ -114,33 +136,55 @@ class StreamingTrainLoader:
             raise DataError(f"Streaming reads one ordered stream per rank: num_workers must be 0 or 1, got {num_workers}.")
         self.open_stream, self.tokenizer, self.masker, self.plan = open_stream, tokenizer, masker, plan
         self.total_steps, self.seq_len, self.text_column, self.num_workers = total_steps, seq_len, text_column, num_workers
+        self.layout, self.group = layout, False   # the gloo group, made on the first __iter__ (all ranks call it)
         self.step, self.examples = 0, 0
+        self.rank_examples: list[Optional[int]] = [0] * plan.num_processes
 
     def state_dict(self) -> dict:
+        """``examples``: this rank's count (rank 0's in a checkpoint); ``rank_examples``: every rank's, by rank
+        (None where unknown: ranks in one process without torch.distributed)."""
         return {"step": self.step, "samples": self.step * self.plan.global_batch, "examples": self.examples,
-                "world": self.plan.num_processes}
+                "rank_examples": list(self.rank_examples), "world": self.plan.num_processes}
 
     def load_state_dict(self, state: dict):
         if int(state.get("world", self.plan.num_processes)) != self.plan.num_processes:
             raise DataError(f"A streamed run resumes on the world size it started with ({state['world']} processes, "
                             f"now {self.plan.num_processes}); convert the data with scripts/prepare_data.py to change it.")
-        self.step, self.examples = int(state["step"]), int(state["examples"])
+        counts = state.get("rank_examples") or [None] * self.plan.num_processes
+        mine = counts[self.plan.rank]
+        if mine is None and self.plan.num_processes > 1:
+            raise DataError(f"This streamed checkpoint does not hold rank {self.plan.rank}'s stream position (no "
+                            f"rank_examples: written by an older version, or by ranks without torch.distributed); "
+                            f"it cannot be resumed on {self.plan.num_processes} processes.")
+        self.step = int(state["step"])
+        self.examples = int(state["examples"] if mine is None else mine)
+        self.rank_examples = [None if c is None else int(c) for c in counts]
+
+    def _exchange(self, full: bool, examples: int) -> Optional[list[Optional[int]]]:
+        """Every rank's examples read after this step, or None if some rank could not fill the step."""
+        plan = self.plan
+        if self.group is None:
+            return [examples if r == plan.rank else None for r in range(plan.num_processes)] if full else None
+        mine = torch.tensor([int(full), examples], dtype=torch.int64)
+        every = [torch.zeros_like(mine) for _ in range(plan.num_processes)]
+        torch.distributed.all_gather(every, mine, group=self.group)
+        return [int(e[1]) for e in every] if all(int(e[0]) for e in every) else None
 
     def __iter__(self):
+        if self.group is False:
+            self.group = _cpu_group(self.plan.num_processes)
         ds = _Microbatches(self.open_stream, self.tokenizer, self.masker, self.plan, self.seq_len, self.text_column,
-                           self.step, self.examples)
+                           self.step, self.examples, self.layout)
         it = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers))
         for step in range(self.step, self.total_steps):
-            micro = []
-            for _ in range(self.plan.accum):
-                try:
-                    micro.append(next(it))
-                except StopIteration:
-                    return
-            self.examples = int(micro[-1].pop("_examples"))
-            for m in micro[:-1]:
+            micro = list(itertools.islice(it, self.plan.accum))
+            examples = int(micro[-1]["_examples"]) if micro else self.examples
+            counts = self._exchange(len(micro) == self.plan.accum, examples)
+            if counts is None:
+                return   # the stream ended on some rank: every rank stops at this step
+            for m in micro:
                 m.pop("_examples")
-            self.step = step + 1
+            self.step, self.examples, self.rank_examples = step + 1, examples, counts
             yield step, micro
 
 
