@@ -80,11 +80,15 @@ class Trainer:
         if recipe.data.streaming:   # tokenized as read, one pass (data/streaming.py); same loader contract
             self.loader = StreamingTrainLoader(data.stream, data.tokenizer, self.masker, self.plan, total,
                                                recipe.data.max_seq_len, text_column=recipe.data.text_column,
-                                               num_workers=recipe.data.num_workers)
+                                               num_workers=recipe.data.num_workers,
+                                               layout=self.family.sync_free_layout if compiled else None)
         else:
             self.loader = TrainLoader(data.train, self.masker, self.plan, total, recipe.data.num_workers,
                                       pin_memory=acc.device.type == "cuda",
                                       layout=self.family.sync_free_layout if compiled else None)
+        # what runs, said once at the start: the fast path is the compiled model fed by the loader's layout
+        self.path = ("compiled, sync-free bucketed inputs" if compiled and self.loader.layout is not None
+                     else "compiled" if compiled else "eager")
         self.state = TrainState(self.loader, total)
         if ckpt:
             self.checkpoints.load(ckpt)
@@ -105,7 +109,7 @@ class Trainer:
                 f"{r.data.max_seq_len} tokens, {self.state.total_steps} steps x global batch {t.global_batch_size} (= "
                 f"microbatch {t.microbatch_size} x accumulation {self.plan.accum} x {P} process(es)), warmup "
                 f"{self.warmup}, lr {t.lr}, masking {t.mlm_probability}, precision {resolve_precision(t.mixed_precision)}, "
-                f"device {self.acc.device}")
+                f"device {self.acc.device}, {self.path}")
 
     def train_step(self, step: int, microbatches: list[dict]) -> float:
         """One optimizer step over this process's microbatches (gradients synced on the last); returns the lr used."""

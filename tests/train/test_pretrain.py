@@ -313,5 +313,6 @@ def test_compiled_fast_path_matches_eager(straight):
     p = run(tiny_args(compiled, base / "cache", **common, **{"train.compile": "true"}))
     (tr1, ev1), (tr2, ev2) = losses(eager), losses(compiled)
     assert len(tr2) == len(tr1) == 6 and len(ev2) == len(ev1) == 2, p.stdout[-2000:]
+    assert "device cpu, compiled, sync-free bucketed inputs" in p.stdout
     for (s1, a), (s2, b) in zip(tr1 + ev1, tr2 + ev2, strict=True):
         assert s1 == s2 and a == pytest.approx(b, rel=1e-4, abs=1e-4), (s1, a, b)
