@@ -123,26 +123,33 @@ def accelerate_launcher(*flags):
             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
 
 
-def run_group(args, launcher, timeout=300):
-    """Run a multi-process launch in its own session. On a timeout every worker first prints its Python stacks
-    (faulthandler, SIGABRT), then the whole group is killed (no orphaned ranks) and the test fails showing them."""
+def run_group(args, launcher, timeout=300, script=None):
+    """Run a multi-process launch of `script` (default: the pretraining script) in its own session. On a timeout
+    every rank first prints its Python stacks (faulthandler, SIGABRT), then is killed, and the test fails showing
+    them. Ranks are found by the script's path in their command line: the launcher starts each rank in a session of
+    its own, out of reach of a kill of the launcher's group, and a rank left alive keeps the output pipes open (the
+    test would wait forever). A path unique to the test (a file in its tmp folder) keeps other runs out of reach."""
     import signal
     import time
-    env = child_env(PYTHONFAULTHANDLER="1")
-    p = subprocess.Popen(launcher + [str(SCRIPT)] + args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    script = str(script or SCRIPT)
+    p = subprocess.Popen(launcher + [script] + args, cwd=ROOT, env=child_env(PYTHONFAULTHANDLER="1"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         stdout, stderr = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        workers = subprocess.run(["pgrep", "-s", str(p.pid), "-f", str(SCRIPT)], capture_output=True, text=True)
-        for pid in workers.stdout.split():
-            if int(pid) != p.pid:
-                os.kill(int(pid), signal.SIGABRT)
-        time.sleep(5)
+        found = subprocess.run(["pgrep", "-f", script], capture_output=True, text=True).stdout.split()
+        ranks = [int(pid) for pid in found if int(pid) != p.pid]
+        for sig, pause in ((signal.SIGABRT, 5), (signal.SIGKILL, 0)):   # stacks first, then the end
+            for pid in ranks:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            time.sleep(pause)
         os.killpg(p.pid, signal.SIGKILL)
         stdout, stderr = p.communicate()
-        raise AssertionError(f"the {len(workers.stdout.split())}-process run did not end within {timeout} s; worker "
-                             f"stacks at the end of STDERR\nSTDOUT\n{stdout[-3000:]}\nSTDERR\n{stderr[-12000:]}")
+        raise AssertionError(f"the {len(ranks)}-process run did not end within {timeout} s; rank stacks at the end of "
+                             f"STDERR\nSTDOUT\n{stdout[-3000:]}\nSTDERR\n{stderr[-12000:]}")
     if p.returncode != 0:
         raise exit_error(p.returncode, stdout, stderr)
     return subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_pretrain import SCRIPT, SMALL, accelerate_launcher, child_env, exit_error, losses, tiny_args  # noqa: E402
+from test_pretrain import SMALL, accelerate_launcher, losses, run_group, tiny_args  # noqa: E402
 
 # Rank r of 2 reads part-r: 40 documents (10 steps of 4 rows) and 52 (13 steps), so the stream ends for rank 0 first.
 DOCS, ROWLESS_EVERY = (40, 52), (9, 4)
@@ -76,44 +76,14 @@ def files(tmp_path_factory):
     return base, parts
 
 
-def run_ranks(cmd, marker: str, timeout: int):
-    """test_pretrain.run_group, but on a timeout it finds the ranks by ``marker`` in their command line: the launcher
-    starts each rank in a session of its own, out of reach of a kill of the launcher's group, and a rank left alive
-    keeps the output pipes open (the test would wait forever)."""
-    import os
-    import signal
-    import subprocess
-    import time
-    p = subprocess.Popen(cmd, cwd=SCRIPT.parents[1], env=child_env(PYTHONFAULTHANDLER="1"), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        ranks = [int(x) for x in subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()]
-        for sig, pause in ((signal.SIGABRT, 5), (signal.SIGKILL, 0)):   # stacks first (faulthandler), then the end
-            for pid in ranks:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            time.sleep(pause)
-        os.killpg(p.pid, signal.SIGKILL)
-        stdout, stderr = p.communicate()
-        raise AssertionError(f"the run did not end within {timeout} s; rank stacks at the end of STDERR\nSTDOUT\n"
-                             f"{stdout[-3000:]}\nSTDERR\n{stderr[-12000:]}")
-    if p.returncode != 0:
-        raise exit_error(p.returncode, stdout, stderr)
-    return subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
-
-
 def launch(base, out, stop_at=0, resume=False):
     args = tiny_args(out, base / "cache", **{
         "data.streaming": "true", "data.train_files": str(base / "part-*.jsonl"), "data.text_column": "body",
         "data.valid_files": str(base / "valid.txt"), "data.num_workers": 1, "train.max_duration": "100ba",
         "train.eval_interval": 4, "train.checkpoint_interval": 4})
     driver = str(base / "driver.py")   # a path unique to this test's temporary folder: the ranks' marker
-    cmd = accelerate_launcher("--multi_gpu", "--num_processes", "2") + [driver, str(stop_at), str(resume and "resume")]
-    return run_ranks(cmd + args, driver, timeout=180)
+    return run_group([str(stop_at), str(resume and "resume")] + args,
+                     accelerate_launcher("--multi_gpu", "--num_processes", "2"), timeout=180, script=driver)
 
 
 def rank_rows(out, rank):
