@@ -81,6 +81,7 @@ class Trainer:
             self.loader = StreamingTrainLoader(data.stream, data.tokenizer, self.masker, self.plan, total,
                                                recipe.data.max_seq_len, text_column=recipe.data.text_column,
                                                num_workers=recipe.data.num_workers,
+                                               pin_memory=acc.device.type == "cuda",
                                                layout=self.family.sync_free_layout if compiled else None)
         else:
             self.loader = TrainLoader(data.train, self.masker, self.plan, total, recipe.data.num_workers,

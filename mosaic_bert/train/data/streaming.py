@@ -126,9 +126,10 @@ class StreamingTrainLoader:
 
     def __init__(self, open_stream: Callable, tokenizer, masker: MLMMasker, plan: BatchPlan, total_steps: int,
                  seq_len: int = 128, mode: str = "truncate", text_column: str = "text", num_workers: int = 1,
-                 layout: Optional[Callable[[dict], dict]] = None):
+                 layout: Optional[Callable[[dict], dict]] = None, pin_memory: bool = False):
         """``layout``: extra model inputs computed from each microbatch in the loader, as ``TrainLoader``'s (the
-        bucketed unpadding of the compiled fast path)."""
+        bucketed unpadding of the compiled fast path). ``pin_memory``: page-locked batches, so that the training
+        loop's ``non_blocking`` copies to the GPU do not wait for the GPU's queued work (as ``TrainLoader``'s)."""
         if mode != "truncate":
             raise DataError(f"Streaming makes truncate rows only (got data.mode={mode}): convert the data with "
                             f"scripts/prepare_data.py for chunk or pack.")
@@ -136,7 +137,7 @@ class StreamingTrainLoader:
             raise DataError(f"Streaming reads one ordered stream per rank: num_workers must be 0 or 1, got {num_workers}.")
         self.open_stream, self.tokenizer, self.masker, self.plan = open_stream, tokenizer, masker, plan
         self.total_steps, self.seq_len, self.text_column, self.num_workers = total_steps, seq_len, text_column, num_workers
-        self.layout, self.group = layout, False   # the gloo group, made on the first __iter__ (all ranks call it)
+        self.layout, self.pin_memory, self.group = layout, pin_memory, False   # the gloo group, made on the first __iter__ (all ranks call it)
         self.step, self.examples = 0, 0
         self.rank_examples: list[Optional[int]] = [0] * plan.num_processes
 
@@ -175,7 +176,8 @@ class StreamingTrainLoader:
             self.group = _cpu_group(self.plan.num_processes)
         ds = _Microbatches(self.open_stream, self.tokenizer, self.masker, self.plan, self.seq_len, self.text_column,
                            self.step, self.examples, self.layout)
-        it = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers))
+        it = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers,
+                                              pin_memory=self.pin_memory))
         for step in range(self.step, self.total_steps):
             micro = list(itertools.islice(it, self.plan.accum))
             examples = int(micro[-1]["_examples"]) if micro else self.examples
