@@ -19,6 +19,7 @@ from mosaic_bert import BertConfig, BertForMaskedLM
 from mosaic_bert.train.optim import build_optimizer
 from mosaic_bert.train.flops import model_flop_params, peak_flops, step_flops
 from mosaic_bert.train.model import MosaicBertFamily
+from mosaic_bert.train.runtime import mark_dynamic_inputs
 
 
 def steady_state(metrics_path, skip_windows=3):
@@ -44,6 +45,9 @@ def parse_args():
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--max-seconds", type=float, default=0.0,
+                    help="stop the timed steps after this many seconds (0: run --steps); a run cut by a call's time "
+                         "limit then still reports the steps it timed")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                     help="torch.compile with the unpadding precomputed (bucketed), as the pretraining script does on CUDA")
     return ap.parse_args()
@@ -67,6 +71,7 @@ def synthetic_batches(a, vocab_size, dev, n=8):
         if a.compile:  # what the pretraining loader adds on the fast path, moved to the device like a batch
             layout = {k: v.to(dev) if torch.is_tensor(v) else v
                       for k, v in MosaicBertFamily.sync_free_layout({"attention_mask": am.cpu(), "labels": labels.cpu()}).items()}
+            mark_dynamic_inputs(layout, MosaicBertFamily.dynamic_inputs)   # as the trainer: one graph for all buckets
         batches.append((ids, am, labels, int(am.sum()), int((lens_c * lens_c).sum()), int(sel.sum()), layout))
     return batches
 
@@ -95,9 +100,12 @@ def bare_loop(a, cfg, dev) -> dict:
         step(i)
     sync()
     t0 = time.perf_counter()
-    tokens = flops = samples = 0
+    tokens = flops = samples = done = 0
     for i in range(a.steps):
+        if a.max_seconds and done and time.perf_counter() - t0 > a.max_seconds:
+            break
         loss = step(i)
+        done += 1
         for j in range(a.accum):
             b = batches[(i * a.accum + j) % len(batches)]
             tokens, samples = tokens + b[3], samples + a.microbatch
@@ -106,7 +114,7 @@ def bare_loop(a, cfg, dev) -> dict:
     sync()
     dt = time.perf_counter() - t0
     peak = peak_flops(dev)
-    return {"steps": a.steps, "seconds": dt, "tokens_per_s": tokens / dt, "samples_per_s": samples / dt,
+    return {"steps": done, "seconds": dt, "tokens_per_s": tokens / dt, "samples_per_s": samples / dt,
             "tflops_per_s": flops / dt / 1e12, "mfu": (flops / dt / peak) if peak else None,
             "max_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None,
             "microbatch": a.microbatch, "accum": a.accum, "compiled": a.compile, "attention_backend": getattr(cfg, "attention_backend", None)}

@@ -48,6 +48,10 @@ class MosaicBertFamily:
     def batch_stats(batch: dict) -> tuple[int, int, int]:
         return unpadded_batch_stats(batch)
 
+    # the inputs of `sync_free_layout` whose length (dim 0) changes with the batch (bucketed); every other input keeps
+    # its shape for a given microbatch size and max_seq_len, and `max_length_q` is the padded length (a constant)
+    dynamic_inputs = ("indices", "masked_positions")
+
     @staticmethod
     def sync_free_layout(batch: dict) -> dict:
         """The unpadding computed in the data loader with bucketed sizes (`bert_padding.bucketed_layout`): the

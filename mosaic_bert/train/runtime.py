@@ -100,6 +100,18 @@ def seed_microbatch(seed: int, step: int, micro_index: int):
     torch.manual_seed((int(seed) * 1_000_003 + step * 4099 + micro_index) % (2**63 - 1))
 
 
+def mark_dynamic_inputs(batch: dict, names) -> dict:
+    """Mark dim 0 of the inputs ``names`` (the bucketed sizes that change from microbatch to microbatch) dynamic
+    before a compiled call, so the first compile is the one graph for every bucket. Unmarked, Dynamo compiles a graph
+    specialised to the first microbatch's sizes, then one more each time another of these inputs first changes size
+    (automatic dynamic shapes): 2-3 full compiles of forward and backward early in the run instead of one."""
+    for name in names:
+        t = batch.get(name)
+        if torch.is_tensor(t):
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+    return batch
+
+
 def main_process_printer(accelerator):
     def say(*args):
         if accelerator.is_main_process:

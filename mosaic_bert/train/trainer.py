@@ -27,7 +27,7 @@ from .model import model_family
 from .optim import build_training_optimization
 from .runlock import lock_run
 from .runtime import (StopOnSignal, build_accelerator, init_trackers, main_process_printer, resolve_precision,
-                      seed_microbatch, use_compile)
+                      mark_dynamic_inputs, seed_microbatch, use_compile)
 from .state import TrainState
 
 
@@ -90,6 +90,8 @@ class Trainer:
         # what runs, said once at the start: the fast path is the compiled model fed by the loader's layout
         self.path = ("compiled, sync-free bucketed inputs" if compiled and self.loader.layout is not None
                      else "compiled" if compiled else "eager")
+        # the bucketed sizes, marked dynamic on every microbatch: one compiled graph for all buckets
+        self.dynamic_inputs = getattr(self.family, "dynamic_inputs", ()) if self.loader.layout is not None else ()
         self.state = TrainState(self.loader, total)
         if ckpt:
             self.checkpoints.load(ckpt)
@@ -121,6 +123,7 @@ class Trainer:
             flops = step_flops(*self.flop_params, tokens, attn_sq, head)
             self.reporter.window.add_microbatch(tokens, batch["input_ids"].shape[0], flops)
             batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            mark_dynamic_inputs(batch, self.dynamic_inputs)
             seed_microbatch(self.plan.seed, step, self.plan.micro_index(a))
             sync = a == n - 1 or self.plan.num_processes == 1
             with contextlib.nullcontext() if sync else acc.no_sync(self.model):
