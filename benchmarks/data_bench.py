@@ -266,7 +266,7 @@ def gpu_report(folder: Path) -> tuple[str, dict]:
     return "\n".join(md), {"header": head, "parts": parts, "bench": bench, "e2e": bare}
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--wiki", default=str(ROOT.parent / "shared" / "data" / "wikipedia" / "train.txt.xz"))
     ap.add_argument("--tokenizer", default=str(ROOT / "tests" / "fixtures" / "bert-base-uncased"))
@@ -285,7 +285,11 @@ def main(argv=None):
     ap.add_argument("--report", default=None, metavar="DIR",
                     help="no benchmark: DIR holds what benchmarks/data_gpu_e2e.sh returned; writes --md and its .json")
     ap.add_argument("--md", default=str(ROOT / "benchmarks" / "results" / "data_gpu_e2e.md"))
-    a = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    a = parse_args(argv)
     if a.report:
         md, js = gpu_report(Path(a.report))
         Path(a.md).write_text(md)
