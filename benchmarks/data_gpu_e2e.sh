@@ -23,7 +23,7 @@ set -o pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 OUT=${OUT:-benchmarks/results/data_gpu_e2e_out}
 C=.carry/pretrain
-STEPS=${STEPS:-100}; BARE_STEPS=${BARE_STEPS:-50}; MB=${MB:-128}; GB=${GB:-4096}; NPROC=${NPROC:-$(nproc)}
+STEPS=${STEPS:-60}; BARE_STEPS=${BARE_STEPS:-50}; MB=${MB:-128}; GB=${GB:-4096}; NPROC=${NPROC:-$(nproc)}
 # SIZES (MB of text) with SHARDS each: a multiple of 16 input shards (one conversion job each) keeps 16 processes busy
 SIZES=${SIZES:-4000,100}; SHARDS=${SHARDS:-160,32}; E2E_MB=${E2E_MB:-1000}; E2E_SHARDS=${E2E_SHARDS:-48}
 BUDGET=${BUDGET:-530}; LOADER_S=${LOADER_S:-3}
@@ -76,7 +76,7 @@ from mosaic_bert.train.data import TokenizedSplit
 s = TokenizedSplit('$W/out-${E2E_MB}MB-truncate-p$NPROC', 'train')
 np.save('$W/train_lengths.npy', np.concatenate([s.shard(k)[1] for k in range(len(s.shards))]).astype(np.int32))" &&
   python3 benchmarks/pretrain_bare_loop.py --run $W/run --lengths $W/train_lengths.npy --steps $BARE_STEPS --microbatch $MB \
-    --accum $((GB / MB)) --out "$OUT/data_gpu_e2e_bare.json" $BARE_EXTRA
+    --accum $((GB / MB)) --max-seconds ${BARE_MAX_S:-60} --out "$OUT/data_gpu_e2e_bare.json" $BARE_EXTRA
 }
 export -f since bench pretrain bare
 export E2E_MB PRETRAIN_EXTRA BARE_EXTRA
