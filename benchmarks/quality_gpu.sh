@@ -21,6 +21,7 @@ if ! python3 -c "import datasets" 2>/dev/null && [ -d $C/whl ]; then
 fi
 export PYTHONPATH=$Q/src:$Q/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=true
 TASKS=${TASKS:-cola,sst2,mrpc,stsb,rte}
+LB=$(command -v stdbuf >/dev/null && echo "stdbuf -oL")   # line-buffered: a cut run keeps its log
 cd $Q/src
 LOG="$OUT/quality_${PHASE}.log"
 {
@@ -44,7 +45,8 @@ pretrain() {  # family lr warmup steps tag
     train.global_batch_size=256 train.microbatch_size=256 train.max_duration=${steps}ba train.lr=$lr train.warmup=$wu \
     train.eval_interval=$every train.log_interval=10 train.eval_samples=4096 train.eval_mlm_probability=0.15 \
     train.checkpoint_interval=$steps train.keep_checkpoints=1 train.output_dir=$Q/runs/$tag \
-    2>&1 | tr '\r' '\n' | grep -v -E '^pretrain: |it/s\]$|^$' | tail -25 | tee -a "$LOG"
+    2>&1 | $LB tr '\r' '\n' | grep --line-buffered -v -E '^pretrain: |it/s\]$|^$' | tee "$OUT/${tag}.log" | tail -25 \
+    | tee -a "$LOG"   # the whole log in $OUT as it grows: a call cut by its time limit still returns it
   cp $Q/runs/$tag/metrics.jsonl "$OUT/${tag}_metrics.jsonl" 2>/dev/null
 }
 
@@ -75,3 +77,7 @@ case $PHASE in
     for f in "$OUT"/glue_*_*.log; do echo "-- $f"; tail -4 "$f"; done | tee -a "$LOG" ;;
 esac
 ls $Q/runs 2>/dev/null | tee -a "$LOG"
+# BUNDLE=1 (device calls, which return a few files only): everything this call wrote to $OUT in one tarball
+if [ -n "${BUNDLE:-}" ]; then
+  tar czf /tmp/quality_$PHASE.tgz -C "$OUT" . && find "$OUT" -mindepth 1 -delete && mv /tmp/quality_$PHASE.tgz "$OUT/"
+fi
