@@ -492,11 +492,13 @@ def bucketed_inputs(b: dict) -> dict:
 
 
 def mark_bucket_dims(batches: list[dict]) -> None:
-    """One compiled graph for every bucket (the sizes stay symbolic); CUDA graphs are recorded per bucket."""
+    """One compiled graph for every bucket (the sizes stay symbolic), marked as the trainer marks them; CUDA graphs
+    are recorded per bucket."""
+    from mosaic_bert.train.model import MosaicBertFamily
+    from mosaic_bert.train.runtime import mark_dynamic_inputs
+
     for b in batches:
-        for key in ("indices", "masked_positions"):
-            if key in b:
-                torch._dynamo.maybe_mark_dynamic(b[key], 0)
+        mark_dynamic_inputs(b, MosaicBertFamily.dynamic_inputs)
 
 
 def case_batches(case: Case, n: int, vocab: int, seed: int) -> list[dict]:
@@ -877,9 +879,7 @@ def run_compare(args, models=MODELS) -> list[dict]:
         cpu = case_batches(case, args.batches, TINY["vocab_size"] if args.smoke else BATCH_VOCAB, seed=args.seed)
         plain = [_to(b, args.device) for b in cpu]
         with_layout = [_to(cpu_layout(b), args.device) for b in cpu] if layout_ok else plain
-        for b in with_layout:  # the token count varies by batch: compile for any, not first for one then again
-            if "indices" in b:
-                torch._dynamo.maybe_mark_dynamic(b["indices"], 0)
+        mark_bucket_dims(with_layout)  # the token count varies by batch: compile for any, not first for one then again
         bucketed = [_to(bucketed_inputs(b), args.device) for b in cpu] if layout_ok else plain
         mark_bucket_dims(bucketed)
         for spec in models:

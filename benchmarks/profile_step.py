@@ -122,8 +122,7 @@ def kernel_summary(prof, n_steps: int) -> dict:
 def inputs_for(layout: str, cpu_batches: list[dict], device: str) -> list[dict]:
     if layout == "cpu":
         out = [bm._to(bm.cpu_layout(b), device) for b in cpu_batches]
-        for b in out:
-            torch._dynamo.maybe_mark_dynamic(b["indices"], 0)
+        bm.mark_bucket_dims(out)
         return out
     out = [bm._to(bm.bucketed_inputs(b), device) for b in cpu_batches]
     bm.mark_bucket_dims(out)

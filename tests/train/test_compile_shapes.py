@@ -34,6 +34,14 @@ def shape_signature(batch):
                         for k, v in batch.items()))
 
 
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    yield torch._dynamo.utils.counters
+    torch._dynamo.reset()
+
+
 def test_bucketed_inputs_vary_only_in_the_marked_dims():
     """The adapter's `dynamic_inputs` cover every size that changes between microbatches of one run (else Dynamo
     would specialise on the unmarked one and recompile per value, up to its recompile limit, then run eager)."""
@@ -43,11 +51,9 @@ def test_bucketed_inputs_vary_only_in_the_marked_dims():
     assert len({shape_signature(b) for b in batches}) == 1
 
 
-def test_mark_dynamic_inputs_one_graph_for_all_buckets():
+def test_mark_dynamic_inputs_one_graph_for_all_buckets(fresh_dynamo):
     """The model compiled as the trainer does, fed microbatches of different buckets with the marks: one graph."""
     from mosaic_bert import BertConfig, BertForMaskedLM
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
     cfg = BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
                      max_position_embeddings=64, alibi_starting_size=64, hidden_dropout_prob=0.1)
     model = BertForMaskedLM(cfg).train()
@@ -57,15 +63,7 @@ def test_mark_dynamic_inputs_one_graph_for_all_buckets():
         seen.add((batch["indices"].shape[0], batch["masked_positions"].shape[0]))
         forward(**mark_dynamic_inputs(batch, MosaicBertFamily.dynamic_inputs), return_dict=True).loss.backward()
     assert len(seen) >= 3, seen
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
-
-
-@pytest.fixture
-def fresh_dynamo():
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    yield torch._dynamo.utils.counters
-    torch._dynamo.reset()
+    assert fresh_dynamo["stats"]["unique_graphs"] == 1
 
 
 def test_trainer_compiles_one_graph_on_variable_length_rows(tmp_path, fresh_dynamo):
