@@ -223,11 +223,6 @@ def render_tables(res: dict) -> list[str]:
             "## Time to first step, RSS, loader throughput (from the converted folder)", "", *first, ""]
 
 
-def render(res: dict, notes: str = "") -> str:
-    """The results as a markdown table (benchmarks/results/data_cpu.md)."""
-    return "\n".join(["# Data path on CPU (issue 11)", "", notes, "", *render_tables(res)])
-
-
 PART = re.compile(r"^\[part\] (\S+) (rc=\S+|skipped)(.*)$")
 
 
