@@ -199,3 +199,21 @@ def test_streamed_microbatch_carries_the_bucketed_layout(files):
             assert torch.equal(b[k], v) if torch.is_tensor(v) else b[k] == v, k
         w = a["input_ids"].shape[1]   # the same rows and masks as without a layout, padded to the full width
         assert torch.equal(b["input_ids"][:, :w], a["input_ids"]) and not b["attention_mask"][:, w:].any()
+
+
+def test_a_checkpoint_without_every_ranks_position_is_refused_on_two_ranks_and_loads_on_one(files):
+    """An older streamed checkpoint holds only rank 0's count (`examples`): on 2 processes rank 1's position is
+    unknown, so resuming is refused with the reason; on 1 process the count is this rank's and it resumes."""
+    from mosaic_bert.errors import DataError
+    from mosaic_bert.train.config import load_recipe
+    from mosaic_bert.train.data.streaming import recipe_stream
+    base, _ = files
+    stream = recipe_stream(load_recipe(None, [f"data.train_files={base / 'part-1.jsonl'}", "data.text_column=body",
+                                              "train.eval_samples=0"]).data)
+    old = {"step": 2, "samples": 16, "examples": 9, "world": 2}
+    _, rank1 = _loader(stream, 1, 2)
+    with pytest.raises(DataError, match="does not hold rank 1's stream position.*cannot be resumed on 2 processes"):
+        rank1.load_state_dict(old)
+    _, single = _loader(stream)
+    single.load_state_dict({**old, "samples": 8, "world": 1})
+    assert (single.step, single.examples) == (2, 9)
