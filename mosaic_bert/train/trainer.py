@@ -91,7 +91,7 @@ class Trainer:
         self.path = ("compiled, sync-free bucketed inputs" if compiled and self.loader.layout is not None
                      else "compiled" if compiled else "eager")
         # the bucketed sizes, marked dynamic on every microbatch: one compiled graph for all buckets
-        self.dynamic_inputs = getattr(self.family, "dynamic_inputs", ()) if self.loader.layout is not None else ()
+        self.dynamic_inputs = self.family.dynamic_inputs if self.loader.layout is not None else ()
         self.state = TrainState(self.loader, total)
         if ckpt:
             self.checkpoints.load(ckpt)
