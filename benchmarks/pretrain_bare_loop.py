@@ -30,7 +30,8 @@ def steady_state(metrics_path, skip_windows=3):
     med = lambda k: float(np.median([r[k] for r in tr])) if tr and k in tr[0] else None
     return {"windows": len(tr), "tokens_per_s": med("tokens_per_s"), "samples_per_s": med("samples_per_s"),
             "tflops_per_s": med("tflops_per_s"), "mfu": med("mfu"), "first_eval": ev[0] if ev else None,
-            "last_eval": ev[-1] if ev else None, "final_train_loss": tr[-1]["loss"] if tr else None}
+            "last_eval": ev[-1] if ev else None, "final_train_loss": tr[-1]["loss"] if tr else None,
+            "data_wait_frac": med("data_wait_frac")}
 
 
 def parse_args():

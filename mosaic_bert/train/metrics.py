@@ -49,7 +49,21 @@ class ThroughputWindow:
     def reset(self):
         self.loss.zero_()
         self.steps, self.tokens, self.flops, self.samples = 0, 0, 0.0, 0
+        self.data_wait = 0.0
         self.t0, self.paused_at = time.perf_counter(), None
+
+    def timed(self, loader):
+        """Iterate ``loader``, adding the seconds spent waiting for each item to the window (``data_wait``): a
+        training loop that waits for its data shows it in the record's ``data_wait_frac``."""
+        it = iter(loader)
+        while True:
+            t = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            self.data_wait += time.perf_counter() - t
+            yield item
 
     @contextlib.contextmanager
     def paused(self):
@@ -85,6 +99,7 @@ class ThroughputWindow:
                "samples": int(samples)}
         if self.peak:
             rec["mfu"] = flops / dt / (self.peak * self.num_processes)
+        rec["data_wait_frac"] = self.data_wait / dt   # this process's share of the window spent waiting for data
         self.reset()
         return rec
 

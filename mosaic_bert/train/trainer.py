@@ -188,7 +188,7 @@ class Trainer:
                 self.evaluate()
             self.reporter.start(state.total_steps, state.step)
             self.model.train()
-            for step, microbatches in self.loader:
+            for step, microbatches in self.reporter.window.timed(self.loader):
                 lr = self.train_step(step, microbatches)
                 state.step = step + 1
                 self.reporter.step_done(state, lr, report=due(t.log_interval))

@@ -35,3 +35,27 @@ def test_training_clock_leaves_pauses_out(monkeypatch):
     assert w.train_time == 5.0 and rec["tokens_per_s"] == 200.0   # rates over training time only
     clock.now += 1.5
     assert w.elapsed() == 6.5
+
+
+def test_data_wait_is_the_time_spent_in_the_loader(monkeypatch):
+    """``timed`` charges to the window only the seconds spent inside the loader's ``next``, not the step's own."""
+    clock = _Clock()
+    monkeypatch.setattr(metrics.time, "perf_counter", clock)
+    w = metrics.ThroughputWindow(torch.device("cpu"), num_processes=1, peak_flops=None)
+
+    def loader():
+        for step in range(3):
+            clock.now += 0.5               # waiting for the batch
+            yield step
+
+    seen = []
+    for step in w.timed(loader()):
+        clock.now += 1.5                   # the training step
+        seen.append(step)
+        w.add_step(torch.tensor(1.0))
+    assert seen == [0, 1, 2]
+    rec = w.reduce(_OneProcess(), step=3, lr=0.1)
+    assert rec["data_wait_frac"] == 1.5 / 6.0
+    clock.now += 1.0
+    w.add_step(torch.tensor(1.0))
+    assert w.reduce(_OneProcess(), step=4, lr=0.1)["data_wait_frac"] == 0.0   # a new window starts at zero

@@ -91,9 +91,11 @@ class TrainLoader:
     def __iter__(self) -> Iterator[tuple[int, list[dict]]]:
         ds = TrainMicrobatches(self.split, self.masker, self.plan, self.step, self.total_steps,
                                layout=self.layout)
+        # the workers keep two steps' microbatches in flight (at least 4 each): a step takes `accum` microbatches at
+        # once, so with fewer in flight the loop would wait for the rest at every step
+        prefetch = max(4, -(-2 * self.plan.accum // self.num_workers)) if self.num_workers > 0 else None
         it = iter(torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.num_workers,
-                                              pin_memory=self.pin_memory,
-                                              prefetch_factor=4 if self.num_workers > 0 else None))
+                                              pin_memory=self.pin_memory, prefetch_factor=prefetch))
         for step in range(self.step, self.total_steps):
             micro = [next(it) for _ in range(self.plan.accum)]
             self.step = step + 1
