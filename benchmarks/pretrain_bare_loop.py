@@ -51,6 +51,9 @@ def parse_args():
                          "limit then still reports the steps it timed")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                     help="torch.compile with the unpadding precomputed (bucketed), as the pretraining script does on CUDA")
+    ap.add_argument("--mode", default=None, choices=[None, "reduce-overhead"],
+                    help="torch.compile mode; reduce-overhead (CUDA graphs) marks each microbatch a new step and keeps "
+                         "the gradients allocated (accumulated in place: a graph output is never installed as .grad)")
     return ap.parse_args()
 
 
@@ -82,19 +85,25 @@ def bare_loop(a, cfg, dev) -> dict:
     torch.manual_seed(0)
     model = BertForMaskedLM(cfg).to(dev).train()
     opt = build_optimizer(model, 5e-4, (0.9, 0.98), 1e-6, 1e-5)
-    forward = torch.compile(model) if a.compile else model
+    forward = torch.compile(model, mode=a.mode) if a.compile else model
+    graphs = a.compile and a.mode == "reduce-overhead"
+    if graphs:
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
     batches = synthetic_batches(a, cfg.vocab_size, dev)
     n_params, hidden, vocab = model_flop_params(model)
 
     def step(i):
         for j in range(a.accum):
             ids, am, labels, *_, layout = batches[(i * a.accum + j) % len(batches)]
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 out = forward(input_ids=ids, attention_mask=am, labels=labels, **layout)
             (out.loss / a.accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=not graphs)
         return out.loss
 
     for i in range(a.warmup_steps):
@@ -118,7 +127,7 @@ def bare_loop(a, cfg, dev) -> dict:
     return {"steps": done, "seconds": dt, "tokens_per_s": tokens / dt, "samples_per_s": samples / dt,
             "tflops_per_s": flops / dt / 1e12, "mfu": (flops / dt / peak) if peak else None,
             "max_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None,
-            "microbatch": a.microbatch, "accum": a.accum, "compiled": a.compile, "attention_backend": getattr(cfg, "attention_backend", None)}
+            "microbatch": a.microbatch, "accum": a.accum, "compiled": a.compile, "mode": a.mode, "attention_backend": getattr(cfg, "attention_backend", None)}
 
 
 def main():
