@@ -27,7 +27,8 @@ from .model import model_family
 from .optim import build_training_optimization
 from .runlock import lock_run
 from .runtime import (StopOnSignal, build_accelerator, init_trackers, main_process_printer, resolve_precision,
-                      mark_dynamic_inputs, seed_microbatch, use_compile)
+                      mark_dynamic_inputs, seed_microbatch, use_compile,
+                      use_cuda_graphs)
 from .state import TrainState
 
 
@@ -74,7 +75,16 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.checkpoints.track(self.model, self.optimizer, self.scheduler)
         compiled = use_compile(t.compile, acc.device)
-        self.forward = torch.compile(self.model) if compiled else self.model
+        # CUDA graphs replay a microbatch's kernels in one launch. Gradients then stay allocated and are accumulated
+        # in place: autograd would otherwise install a graph's output buffer as .grad, and the next replay would
+        # overwrite it (gradient accumulation would silently keep only the last microbatch)
+        self.cuda_graphs = use_cuda_graphs(t.cuda_graphs, acc.device, compiled, acc.num_processes)
+        if self.cuda_graphs:
+            for p in self.model.parameters():
+                if p.requires_grad:
+                    p.grad = torch.zeros_like(p)
+        self.forward = (torch.compile(self.model, mode="reduce-overhead" if self.cuda_graphs else None) if compiled
+                        else self.model)
         self.masker = MLMMasker.from_tokenizer(data.tokenizer, t.mlm_probability, t.seed)
         self.eval_masker = MLMMasker.from_tokenizer(data.tokenizer, t.eval_mlm_probability, t.seed + 7919)
         if recipe.data.streaming:   # tokenized as read, one pass (data/streaming.py); same loader contract
@@ -89,7 +99,7 @@ class Trainer:
                                       layout=self.family.sync_free_layout if compiled else None)
         # what runs, said once at the start: the fast path is the compiled model fed by the loader's layout
         self.path = ("compiled, sync-free bucketed inputs" if compiled and self.loader.layout is not None
-                     else "compiled" if compiled else "eager")
+                     else "compiled" if compiled else "eager") + (", CUDA graphs" if self.cuda_graphs else "")
         # the bucketed sizes, marked dynamic on every microbatch: one compiled graph for all buckets
         self.dynamic_inputs = self.family.dynamic_inputs if self.loader.layout is not None else ()
         self.state = TrainState(self.loader, total)
@@ -126,6 +136,8 @@ class Trainer:
             mark_dynamic_inputs(batch, self.dynamic_inputs)
             seed_microbatch(self.plan.seed, step, self.plan.micro_index(a))
             sync = a == n - 1 or self.plan.num_processes == 1
+            if self.cuda_graphs:   # a new replay: the previous microbatch's graph outputs are no longer read
+                torch.compiler.cudagraph_mark_step_begin()
             with contextlib.nullcontext() if sync else acc.no_sync(self.model):
                 with acc.autocast():
                     out = self.forward(**batch, return_dict=True)
@@ -137,7 +149,7 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=not self.cuda_graphs)
         self.reporter.window.add_step(step_loss)
         return lr
 
