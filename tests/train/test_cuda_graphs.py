@@ -90,7 +90,7 @@ def test_in_place_accumulation_trains_exactly_as_set_to_none(tmp_path, monkeypat
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_trainer_with_cuda_graphs_matches_without_on_gpu(tmp_path, monkeypatch):
-    """The real thing: compiled on CUDA (fp32, no dropout), microbatch 8 x accumulation 4, with and without CUDA
+    """The real thing: compiled on CUDA (bf16 autocast as the recipes run, no dropout), microbatch 8 x accumulation 4, with and without CUDA
     graphs: the same losses step by step. Were a graph's output installed as .grad and overwritten by the next
     replay, each step would follow only its last microbatch and the losses would part after the first step."""
     from mosaic_bert.train.config import load_recipe
@@ -107,7 +107,7 @@ def test_trainer_with_cuda_graphs_matches_without_on_gpu(tmp_path, monkeypatch):
             "data.max_seq_len": 48, "data.num_workers": 0, "data.cache_dir": tmp_path / "cache",
             "data.valid_fraction": 0.1, "train.global_batch_size": 32, "train.microbatch_size": 8,
             "train.max_duration": "6ba", "train.compile": "true", "train.cuda_graphs": str(graphs).lower(),
-            "train.mixed_precision": "no", "train.eval_samples": 0, "train.log_interval": 1,
+            "train.eval_samples": 0, "train.log_interval": 1,
             "train.checkpoint_interval": 6, "train.output_dir": tmp_path / f"run-{graphs}", "train.trackers": "none",
             "train.fill_mask_example": "null"}.items()]
         t = trainer_module.Trainer(load_recipe(None, args))
@@ -116,6 +116,6 @@ def test_trainer_with_cuda_graphs_matches_without_on_gpu(tmp_path, monkeypatch):
         losses[graphs] = [r["loss"] for r in map(json.loads, (tmp_path / f"run-{graphs}" / "metrics.jsonl")
                                                    .read_text().splitlines()) if "loss" in r]
     assert len(losses[True]) == 6
-    assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-5)   # before any update: the same forward
-    assert losses[True] == pytest.approx(losses[False], rel=1e-4), losses
+    assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-4)   # before any update: the same forward
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3), losses
     assert losses[False][-1] < losses[False][0] - 0.05                     # it trains: the updates matter
