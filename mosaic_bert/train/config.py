@@ -100,9 +100,10 @@ class TrainConfig:
     trackers: str = field(default="auto", metadata=RUN_DETAIL)  # auto (tensorboard when installed) | none | comma list
     # auto: torch.compile on CUDA (with bucketed, sync-free inputs for MosaicBERT: the fast path); true | false
     compile: Any = field(default="auto", metadata=RUN_DETAIL)
-    # auto: CUDA graphs (torch.compile mode "reduce-overhead") when compiled on one CUDA process: at small microbatches
-    # a compiled step is bound by kernel launches on the host (measured +18 % at microbatch 128); true | false
-    cuda_graphs: Any = field(default="auto", metadata=RUN_DETAIL)
+    # CUDA graphs (torch.compile mode "reduce-overhead"; compiled, one CUDA process): a microbatch's kernels in one
+    # launch. Off by default: each new bucketed shape records a graph (bare loop at microbatch 128 on 8 repeated
+    # batches +18 %, the recipe on real rows +3 %, at microbatch 256 slower; benchmarks/NOTES_speed.md)
+    cuda_graphs: bool = field(default=False, metadata=RUN_DETAIL)
     # a sentence with [MASK], or a list; a word in braces ("such as a {list}") is masked and the top answer graded
     fill_mask_example: Union[str, list, None] = field(default=None, metadata=RUN_DETAIL)
 
@@ -297,8 +298,7 @@ def _check_train(t: TrainConfig) -> None:
         _need(v > 0 if low == "> 0" else v >= 0, f"train.{k} must be {low}, got {v}.")
     _need(t.grad_clip_norm is None or t.grad_clip_norm >= 0, "train.grad_clip_norm must be >= 0 or null (no clip).")
     _need(t.compile in ("auto", True, False), f"train.compile must be auto, true or false, got {t.compile!r}.")
-    _need(t.cuda_graphs in ("auto", True, False), f"train.cuda_graphs must be auto, true or false, got "
-                                                  f"{t.cuda_graphs!r}.")
+    _need(t.cuda_graphs in (True, False), f"train.cuda_graphs must be true or false, got {t.cuda_graphs!r}.")
     if t.mixed_precision is False:  # YAML reads a bare `no` (train.mixed_precision=no) as false
         t.mixed_precision = "no"
     _need(t.mixed_precision in PRECISIONS, f"train.mixed_precision must be one of {', '.join(PRECISIONS)}, got "

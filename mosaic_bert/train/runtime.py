@@ -168,17 +168,15 @@ def raise_on_every_process(accelerator, error: Optional[Exception]):
         raise error
 
 
-def use_cuda_graphs(setting, device, compiled: bool, num_processes: int) -> bool:
-    """``train.cuda_graphs``: "auto" = on for a compiled model on one CUDA process; true asks for them and is refused
-    where they cannot run (not compiled, not CUDA, several processes: DDP's gradient hooks are not captured here)."""
-    possible = compiled and device.type == "cuda" and num_processes == 1
-    if setting is True and not possible:
+def use_cuda_graphs(setting: bool, device, compiled: bool, num_processes: int) -> bool:
+    """``train.cuda_graphs``: true is refused where CUDA graphs cannot run here (not compiled, not CUDA, several
+    processes: DDP's gradient hooks are not captured)."""
+    if setting and not (compiled and device.type == "cuda" and num_processes == 1):
         why = ("the model is not compiled (train.compile=false)" if not compiled
                else f"the device is {device.type}, not CUDA" if device.type != "cuda"
                else f"the run has {num_processes} processes (CUDA graphs run on one process here)")
-        raise errors.RecipeError(f"train.cuda_graphs=true cannot run: {why}. Use train.cuda_graphs=auto (on where it can run) "
-                          f"or false.")
-    return possible if setting == "auto" else bool(setting)
+        raise errors.RecipeError(f"train.cuda_graphs=true cannot run: {why}. Leave it false (the default).")
+    return bool(setting)
 
 
 def use_compile(setting, device) -> bool:
