@@ -97,7 +97,14 @@ def init_trackers(accelerator, recipe):
 
 def seed_microbatch(seed: int, step: int, micro_index: int):
     """Reseed torch (dropout) from (seed, step, microbatch): a resumed or re-sharded run draws the same numbers."""
-    torch.manual_seed((int(seed) * 1_000_003 + step * 4099 + micro_index) % (2**63 - 1))
+    s = (int(seed) * 1_000_003 + step * 4099 + micro_index) % (2**63 - 1)
+    # the generators dropout draws from, as torch.manual_seed seeds them, without its calls for device kinds that are
+    # not initialised (each records a stack trace, every microbatch)
+    torch.default_generator.manual_seed(s)
+    if torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(s)
+    if torch.backends.mps.is_available():
+        torch.mps.manual_seed(s)
 
 
 def mark_dynamic_inputs(batch: dict, names) -> dict:

@@ -96,7 +96,8 @@ class Trainer:
         else:
             self.loader = TrainLoader(data.train, self.masker, self.plan, total, recipe.data.num_workers,
                                       pin_memory=acc.device.type == "cuda",
-                                      layout=self.family.sync_free_layout if compiled else None)
+                                      layout=self.family.sync_free_layout if compiled else None,
+                                      stats=self.family.batch_stats)
         # what runs, said once at the start: the fast path is the compiled model fed by the loader's layout
         self.path = ("compiled, sync-free bucketed inputs" if compiled and self.loader.layout is not None
                      else "compiled" if compiled else "eager") + (", CUDA graphs" if self.cuda_graphs else "")
@@ -129,7 +130,8 @@ class Trainer:
         acc, n = self.acc, len(microbatches)
         step_loss = torch.zeros((), device=acc.device, dtype=torch.float32)
         for a, batch in enumerate(microbatches):
-            tokens, attn_sq, head = self.family.batch_stats(batch)
+            stats = batch.pop("_flop_stats", None)   # computed by the loader (its workers), else here
+            tokens, attn_sq, head = stats if stats is not None else self.family.batch_stats(batch)
             flops = step_flops(*self.flop_params, tokens, attn_sq, head)
             self.reporter.window.add_microbatch(tokens, batch["input_ids"].shape[0], flops)
             batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}

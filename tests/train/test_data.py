@@ -214,3 +214,62 @@ def test_loader_layout_gives_the_same_loss_as_padded_batches(tmp_path, tokenizer
             grads.append(model.bert.encoder.layer[0].attention.self.Wqkv.weight.grad.clone())
         assert losses[0] == pytest.approx(losses[1], rel=1e-5)
         assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["truncate", "pack"])
+def test_loader_workers_count_each_microbatch_as_the_loop_would(tmp_path, tokenizer, mode):
+    """``stats``: the FLOP count's inputs come from the loader's worker processes with each microbatch (the loop then
+    does no CPU tensor work for them), equal to the family's count on the batch itself (rows and packed documents)."""
+    from mosaic_bert.train.data import TrainLoader
+    from mosaic_bert.train.model import MosaicBertFamily
+    cfg = DataConfig(train_files=str(SMALL), cache_dir=str(tmp_path), max_seq_len=32, mode=mode)
+    folder, _ = build_or_load_cache(cfg, tokenizer, log=lambda *a: None)
+    split, masker = TokenizedSplit(folder, "train"), MLMMasker.from_tokenizer(tokenizer, 0.3, 0)
+    loader = TrainLoader(split, masker, BatchPlan(3, 16, 8, accum=2), total_steps=3, num_workers=2,
+                         layout=MosaicBertFamily.sync_free_layout, stats=MosaicBertFamily.batch_stats)
+    seen = 0
+    for _, micro in loader:
+        for m in micro:
+            stats = m.pop("_flop_stats")
+            assert tuple(stats) == MosaicBertFamily.batch_stats(m)
+            assert stats[0] > 0 and stats[2] > 0
+            seen += 1
+    assert seen == 6
+
+
+def test_packed_microbatch_round_trip_keeps_every_value_dtype_and_shape():
+    import torch
+
+    from mosaic_bert.train.data.loader import pack_microbatch, unpack_microbatch
+    batch = {"input_ids": torch.arange(15).view(3, 5), "cu": torch.tensor([0, 2, 5], dtype=torch.int32),
+             "keep": torch.tensor([True, False, True]), "scalar": torch.tensor(7.5), "none": torch.empty(0, 4),
+             "max_length_q": 5, "_flop_stats": (9, 81, 3)}
+    packed = pack_microbatch(dict(batch))
+    assert sum(torch.is_tensor(v) for v in packed.values()) == 1   # one block to share, whatever the tensor count
+    out = unpack_microbatch(packed)
+    assert out.keys() == batch.keys()
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            assert out[k].dtype == v.dtype and out[k].shape == v.shape and torch.equal(out[k], v), k
+        else:
+            assert out[k] == v
+
+
+def test_loader_workers_give_the_same_microbatches_as_the_loop_itself(tmp_path, tokenizer):
+    """With worker processes each microbatch travels packed; the loop sees exactly what it builds without workers."""
+    import torch
+
+    from mosaic_bert.train.data import TrainLoader
+    from mosaic_bert.train.model import MosaicBertFamily
+    cfg = DataConfig(train_files=str(SMALL), cache_dir=str(tmp_path), max_seq_len=32, mode="pack")
+    folder, _ = build_or_load_cache(cfg, tokenizer, log=lambda *a: None)
+    split, masker = TokenizedSplit(folder, "train"), MLMMasker.from_tokenizer(tokenizer, 0.3, 0)
+    kw = dict(total_steps=3, layout=MosaicBertFamily.sync_free_layout, stats=MosaicBertFamily.batch_stats)
+    here = [m for _, ms in TrainLoader(split, masker, BatchPlan(3, 16, 8, accum=2), **kw) for m in ms]
+    there = [m for _, ms in TrainLoader(split, masker, BatchPlan(3, 16, 8, accum=2), num_workers=2, **kw) for m in ms]
+    assert len(here) == len(there) == 6
+    for a, b in zip(here, there):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert (torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype) if torch.is_tensor(a[k]) \
+                else tuple(a[k]) == tuple(b[k]) if isinstance(a[k], (tuple, list)) else a[k] == b[k], k
