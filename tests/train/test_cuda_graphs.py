@@ -45,26 +45,35 @@ def test_recipe_refuses_a_value_that_is_not_true_or_false():
     assert load_recipe(None, []).train.cuda_graphs is False
 
 
-def _run(tmp_path, name, graphs, monkeypatch):
-    """4 steps of microbatch 8 x accumulation 2 on CPU (eager, dropout on), the trainer's graph switch forced."""
+def _recipe(tmp_path, out: str, **overrides):
+    """A tiny recipe (1 layer of width 32, microbatch 8 x accumulation 2, eager, dropout 0.1) on documents of 4 to 60
+    words written once per test folder; ``overrides`` as ``{"train.compile": "true", ...}``."""
     from mosaic_bert.train.config import load_recipe
+    docs = tmp_path / "docs.txt"
+    if not docs.exists():   # every run of a test reads the same file and tokenizer cache
+        words = SMALL.read_text().split()
+        docs.write_text("\n\n".join(" ".join(words[i * 7:i * 7 + 4 + (i * 13) % 57]) for i in range(240)) + "\n")
+    args = {"model.hidden_size": 32, "model.num_hidden_layers": 1, "model.num_attention_heads": 2,
+            "model.intermediate_size": 64, "model.max_position_embeddings": 64, "model.alibi_starting_size": 64,
+            "model.hidden_dropout_prob": 0.1, "tokenizer.vocab_size": 512, "data.train_files": docs,
+            "data.max_seq_len": 48, "data.num_workers": 0, "data.cache_dir": tmp_path / "cache",
+            "data.valid_fraction": 0.1, "train.global_batch_size": 16, "train.microbatch_size": 8,
+            "train.max_duration": "4ba", "train.compile": "false", "train.eval_samples": 0, "train.log_interval": 1,
+            "train.checkpoint_interval": 4, "train.output_dir": tmp_path / out, "train.trackers": "none",
+            "train.fill_mask_example": "null", **overrides}
+    return load_recipe(None, [f"{k}={v}" for k, v in args.items()])
+
+
+def _losses(run_dir):
+    return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def _run(tmp_path, name, graphs, monkeypatch):
+    """4 steps of the tiny recipe on CPU, the trainer's graph switch forced."""
     monkeypatch.setattr(trainer_module, "use_cuda_graphs", lambda *a: graphs)
     marks = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-    words = SMALL.read_text().split()
-    docs = tmp_path / "docs.txt"   # written once: both runs read the same file and cache
-    if not docs.exists():
-        docs.write_text("\n\n".join(" ".join(words[i * 7:i * 7 + 4 + (i * 13) % 57]) for i in range(240)) + "\n")
-    args = [f"{k}={v}" for k, v in {
-        "model.hidden_size": 32, "model.num_hidden_layers": 1, "model.num_attention_heads": 2,
-        "model.intermediate_size": 64, "model.max_position_embeddings": 64, "model.alibi_starting_size": 64,
-        "model.hidden_dropout_prob": 0.1, "tokenizer.vocab_size": 512, "data.train_files": docs,
-        "data.max_seq_len": 48, "data.num_workers": 0, "data.cache_dir": tmp_path / "cache",
-        "data.valid_fraction": 0.1, "train.global_batch_size": 16, "train.microbatch_size": 8,
-        "train.max_duration": "4ba", "train.compile": "false", "train.eval_samples": 0, "train.log_interval": 1,
-        "train.checkpoint_interval": 4, "train.output_dir": tmp_path / name, "train.trackers": "none",
-        "train.fill_mask_example": "null"}.items()]
-    t = trainer_module.Trainer(load_recipe(None, args))
+    t = trainer_module.Trainer(_recipe(tmp_path, name))
     grads = []
     step_fn = t.train_step
 
@@ -75,9 +84,7 @@ def _run(tmp_path, name, graphs, monkeypatch):
 
     t.train_step = step
     t.fit()
-    losses = [r["loss"] for r in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())
-              if "loss" in r]
-    return losses, grads, len(marks), t
+    return _losses(tmp_path / name), grads, len(marks), t
 
 
 def test_in_place_accumulation_trains_exactly_as_set_to_none(tmp_path, monkeypatch):
@@ -91,32 +98,23 @@ def test_in_place_accumulation_trains_exactly_as_set_to_none(tmp_path, monkeypat
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-def test_trainer_with_cuda_graphs_matches_without_on_gpu(tmp_path, monkeypatch):
-    """The real thing: compiled on CUDA (bf16 autocast as the recipes run, no dropout), microbatch 8 x accumulation 4, with and without CUDA
-    graphs: the same losses step by step. Were a graph's output installed as .grad and overwritten by the next
-    replay, each step would follow only its last microbatch and the losses would part after the first step."""
-    from mosaic_bert.train.config import load_recipe
-    words = SMALL.read_text().split()
-    docs = tmp_path / "docs.txt"
-    docs.write_text("\n\n".join(" ".join(words[i * 7:i * 7 + 4 + (i * 13) % 57]) for i in range(240)) + "\n")
+def test_trainer_with_cuda_graphs_matches_without_on_gpu(tmp_path):
+    """The real thing: compiled on CUDA (bf16 autocast as the recipes run, no dropout), microbatch 8 x accumulation
+    4, with and without CUDA graphs: the same losses step by step. Were a graph's output installed as .grad and
+    overwritten by the next replay, each step would follow only its last microbatch and the losses would part after
+    the first step."""
     losses = {}
     for graphs in (False, True):
         torch._dynamo.reset()
-        args = [f"{k}={v}" for k, v in {
-            "model.hidden_size": 64, "model.num_hidden_layers": 2, "model.num_attention_heads": 2,
-            "model.intermediate_size": 128, "model.max_position_embeddings": 64, "model.alibi_starting_size": 64,
-            "model.hidden_dropout_prob": 0.0, "tokenizer.vocab_size": 512, "data.train_files": docs,
-            "data.max_seq_len": 48, "data.num_workers": 0, "data.cache_dir": tmp_path / "cache",
-            "data.valid_fraction": 0.1, "train.global_batch_size": 32, "train.microbatch_size": 8,
-            "train.max_duration": "6ba", "train.compile": "true", "train.cuda_graphs": str(graphs).lower(),
-            "train.eval_samples": 0, "train.log_interval": 1,
-            "train.checkpoint_interval": 6, "train.output_dir": tmp_path / f"run-{graphs}", "train.trackers": "none",
-            "train.fill_mask_example": "null"}.items()]
-        t = trainer_module.Trainer(load_recipe(None, args))
+        t = trainer_module.Trainer(_recipe(
+            tmp_path, f"run-{graphs}", **{"model.hidden_size": 64, "model.num_hidden_layers": 2,
+                                          "model.intermediate_size": 128, "model.hidden_dropout_prob": 0.0,
+                                          "train.global_batch_size": 32, "train.max_duration": "6ba",
+                                          "train.compile": "true", "train.cuda_graphs": str(graphs).lower(),
+                                          "train.checkpoint_interval": 6}))
         assert t.cuda_graphs is graphs
         t.fit()
-        losses[graphs] = [r["loss"] for r in map(json.loads, (tmp_path / f"run-{graphs}" / "metrics.jsonl")
-                                                   .read_text().splitlines()) if "loss" in r]
+        losses[graphs] = _losses(tmp_path / f"run-{graphs}")
     assert len(losses[True]) == 6
     assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-4)   # before any update: the same forward
     assert losses[True] == pytest.approx(losses[False], rel=1e-3), losses
