@@ -125,6 +125,7 @@ def resolve_trackers(spec: Optional[str]) -> list[str]:
 def tracker_values(rec: dict) -> dict:
     """A jsonl record as tracker scalars."""
     names = {"loss": "train/loss", "lr": "train/lr", "tokens_per_s": "perf/tokens_per_s", "mfu": "perf/mfu",
+             "data_wait_frac": "perf/data_wait_frac",
              "eval_loss": "eval/loss", "eval_accuracy": "eval/accuracy"}
     return {tag: rec[k] for k, tag in names.items() if k in rec}
 

@@ -27,8 +27,7 @@ from .model import model_family
 from .optim import build_training_optimization
 from .runlock import lock_run
 from .runtime import (StopOnSignal, build_accelerator, init_trackers, main_process_printer, resolve_precision,
-                      mark_dynamic_inputs, seed_microbatch, use_compile,
-                      use_cuda_graphs)
+                      mark_dynamic_inputs, seed_microbatch, use_compile, use_cuda_graphs)
 from .state import TrainState
 
 
