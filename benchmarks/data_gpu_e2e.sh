@@ -4,7 +4,7 @@
 #                 E2E_MB MB cut from .carry/pretrain/train.txt.xz (Wikipedia split into ~2,000-character documents like
 #                 C4's pages, repeats prefixed so none are equal), converted by scripts/prepare_data.py with NPROC
 #                 processes (truncate, seq 128); time to the first step and RSS from the folder (benchmarks/data_bench.py)
-#   pretrain-mbM  for each microbatch M in MBS (default 128 = the recipe's, then 256): scripts/pretrain.py
+#   pretrain-mbM  for each microbatch M in MBS (default 128, the recipe's; MBS=128,256 adds 256): scripts/pretrain.py
 #                 mosaic-bert-base-uncased on that folder (global batch 4096, compiled fast path, 4 loader workers)
 #                 for STEPS steps, logging every 5 steps (tokens/s, MFU, the share of time spent waiting for data)
 #   bare-mbM      the bare compiled loop on the same shapes (benchmarks/pretrain_bare_loop.py): the recipe's logged
@@ -24,7 +24,7 @@ set -o pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 OUT=${OUT:-benchmarks/results/data_gpu_e2e_out}
 C=.carry/pretrain
-STEPS=${STEPS:-40}; BARE_STEPS=${BARE_STEPS:-50}; MBS=${MBS:-128,256}; GB=${GB:-4096}; NPROC=${NPROC:-$(nproc)}
+STEPS=${STEPS:-40}; BARE_STEPS=${BARE_STEPS:-50}; MBS=${MBS:-128}; GB=${GB:-4096}; NPROC=${NPROC:-$(nproc)}
 # SIZES (MB of text) with SHARDS each: a multiple of 16 input shards (one conversion job each) keeps 16 processes busy
 SIZES=${SIZES:-4000,100}; SHARDS=${SHARDS:-160,32}; E2E_MB=${E2E_MB:-1000}; E2E_SHARDS=${E2E_SHARDS:-48}
 BUDGET=${BUDGET:-530}; LOADER_S=${LOADER_S:-3}
@@ -101,7 +101,7 @@ if [ "$CUDA" = 1 ] && [ -f $W/out-${E2E_MB}MB-truncate-p$NPROC/manifest.json ]; 
   for mb in "${mbs[@]}"; do   # per microbatch: the recipe, then the bare loop on the same shapes
     part pretrain-mb$mb 120 ${TRAIN_LIMIT:-170} "pretrain $mb"
     cp $W/run-mb$mb/metrics.jsonl "$OUT/data_gpu_e2e_metrics_mb$mb.jsonl"   # (also the windows of a run cut by its limit)
-    [ -f $W/run-mb$mb/metrics.jsonl ] && part bare-mb$mb 70 ${BARE_LIMIT:-110} "bare $mb"
+    [ -f $W/run-mb$mb/metrics.jsonl ] && part bare-mb$mb 70 ${BARE_LIMIT:-150} "bare $mb"
   done
 else
   echo "[part] pretrain skipped (CUDA $CUDA or no converted folder)"; echo "[part] bare skipped (CUDA $CUDA)"
