@@ -91,7 +91,8 @@ class Trainer:
                                                recipe.data.max_seq_len, text_column=recipe.data.text_column,
                                                num_workers=recipe.data.num_workers,
                                                pin_memory=acc.device.type == "cuda",
-                                               layout=self.family.sync_free_layout if compiled else None)
+                                               layout=self.family.sync_free_layout if compiled else None,
+                                               stats=self.family.batch_stats)
         else:
             self.loader = TrainLoader(data.train, self.masker, self.plan, total, recipe.data.num_workers,
                                       pin_memory=acc.device.type == "cuda",

@@ -150,6 +150,17 @@ def test_streaming_from_a_hub_dataset(tmp_path, stream_files, monkeypatch):
     want = tok(train[:16], add_special_tokens=False, truncation=True, max_length=30)["input_ids"]
     assert rows == [[tok.cls_token_id] + w + [tok.sep_token_id] for w in want]
     assert loader.state_dict()["examples"] == 16
+    # from the worker process a microbatch travels packed (one buffer, with its FLOP-count inputs): the loop sees
+    # exactly what it builds itself
+    from mosaic_bert.train.model import MosaicBertFamily
+    kw = dict(seq_len=32, layout=MosaicBertFamily.sync_free_layout, stats=MosaicBertFamily.batch_stats)
+    here, there = ([m for _, ms in StreamingTrainLoader(data.stream, tok, MLMMasker.from_tokenizer(tok, 0.3, 0),
+                                                        BatchPlan(1, 8, 8), 2, num_workers=w, **kw) for m in ms]
+                   for w in (0, 1))
+    assert len(here) == len(there) == 2
+    for a, b in zip(here, there):
+        assert a.keys() == b.keys() and tuple(a["_flop_stats"]) == tuple(b["_flop_stats"])
+        assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
 
 
 def test_streamed_compiled_fast_path_matches_eager(straight):

@@ -34,7 +34,7 @@ import torch
 
 from ...errors import DataError
 from ..masking import MLMMasker
-from .loader import BatchPlan
+from .loader import BatchPlan, pack_microbatch, unpack_microbatch
 from .shards import attention_from_lengths
 from .store import _SAFE_CUT_CHARS   # characters that always hold a row's tokens
 
@@ -61,10 +61,13 @@ class _Microbatches(torch.utils.data.IterableDataset):
     """This rank's microbatches from ``start_step`` on, each with ``_examples``: examples read up to its last row."""
 
     def __init__(self, open_stream, tokenizer, masker: MLMMasker, plan: BatchPlan, seq_len: int, text_column: str,
-                 start_step: int, skip: int, layout: Optional[Callable[[dict], dict]] = None):
+                 start_step: int, skip: int, layout: Optional[Callable[[dict], dict]] = None,
+                 stats: Optional[Callable[[dict], tuple]] = None, pack: bool = False):
+        """``layout``, ``stats``: as ``TrainMicrobatches``'s; ``pack``: each microbatch as one buffer
+        (``pack_microbatch``: from a worker process, one shared-memory handshake per microbatch)."""
         self.open_stream, self.tokenizer, self.masker, self.plan = open_stream, tokenizer, masker, plan
         self.seq_len, self.text_column, self.start, self.skip = seq_len, text_column, start_step, skip
-        self.layout = layout
+        self.layout, self.stats, self.pack = layout, stats, pack
 
     def _rows(self) -> Iterator[tuple[list[int], int]]:
         tok, body = self.tokenizer, self.seq_len - 2
@@ -105,7 +108,9 @@ class _Microbatches(torch.utils.data.IterableDataset):
             att = attention_from_lengths(lengths, width)
             input_ids, labels = self.masker(ids[:, :width], plan.sample_indices(step, a))
             batch = {"input_ids": input_ids, "attention_mask": torch.from_numpy(att), "labels": labels}
-            yield {**batch, **(self.layout(batch) if self.layout else {}), "_examples": got[-1][1]}
+            item = {**batch, **(self.layout(batch) if self.layout else {}), "_examples": got[-1][1],
+                    **({"_flop_stats": self.stats(batch)} if self.stats else {})}
+            yield pack_microbatch(item) if self.pack else item
 
 
 def _cpu_group(world: int):
@@ -126,10 +131,12 @@ class StreamingTrainLoader:
 
     def __init__(self, open_stream: Callable, tokenizer, masker: MLMMasker, plan: BatchPlan, total_steps: int,
                  seq_len: int = 128, mode: str = "truncate", text_column: str = "text", num_workers: int = 1,
-                 layout: Optional[Callable[[dict], dict]] = None, pin_memory: bool = False):
+                 layout: Optional[Callable[[dict], dict]] = None, pin_memory: bool = False,
+                 stats: Optional[Callable[[dict], tuple]] = None):
         """``layout``: extra model inputs computed from each microbatch in the loader, as ``TrainLoader``'s (the
         bucketed unpadding of the compiled fast path). ``pin_memory``: page-locked batches, so that the training
-        loop's ``non_blocking`` copies to the GPU do not wait for the GPU's queued work (as ``TrainLoader``'s)."""
+        loop's ``non_blocking`` copies to the GPU do not wait for the GPU's queued work (as ``TrainLoader``'s).
+        ``stats``: the FLOP count's inputs computed with each microbatch (as ``TrainLoader``'s)."""
         if mode != "truncate":
             raise DataError(f"Streaming makes truncate rows only (got data.mode={mode}): convert the data with "
                             f"scripts/prepare_data.py for chunk or pack.")
@@ -138,6 +145,7 @@ class StreamingTrainLoader:
         self.open_stream, self.tokenizer, self.masker, self.plan = open_stream, tokenizer, masker, plan
         self.total_steps, self.seq_len, self.text_column, self.num_workers = total_steps, seq_len, text_column, num_workers
         self.layout, self.pin_memory, self.group = layout, pin_memory, False   # the gloo group, made on the first __iter__ (all ranks call it)
+        self.stats = stats
         self.step, self.examples = 0, 0
         self.rank_examples: list[Optional[int]] = [0] * plan.num_processes
 
@@ -174,10 +182,12 @@ class StreamingTrainLoader:
     def __iter__(self):
         if self.group is False:
             self.group = _cpu_group(self.plan.num_processes)
+        worker = self.num_workers > 0   # from the worker process, a microbatch travels as one packed buffer
         ds = _Microbatches(self.open_stream, self.tokenizer, self.masker, self.plan, self.seq_len, self.text_column,
-                           self.step, self.examples, self.layout)
+                           self.step, self.examples, self.layout, self.stats, pack=worker)
         it = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers,
                                               pin_memory=self.pin_memory))
+        it = map(unpack_microbatch, it) if worker else it
         for step in range(self.step, self.total_steps):
             micro = list(itertools.islice(it, self.plan.accum))
             examples = int(micro[-1]["_examples"]) if micro else self.examples
