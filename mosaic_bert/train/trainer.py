@@ -130,8 +130,7 @@ class Trainer:
         acc, n = self.acc, len(microbatches)
         step_loss = torch.zeros((), device=acc.device, dtype=torch.float32)
         for a, batch in enumerate(microbatches):
-            stats = batch.pop("_flop_stats", None)   # computed by the loader (its workers), else here
-            tokens, attn_sq, head = stats if stats is not None else self.family.batch_stats(batch)
+            tokens, attn_sq, head = batch.pop("_flop_stats")   # the loader's (its workers'): family.batch_stats
             flops = step_flops(*self.flop_params, tokens, attn_sq, head)
             self.reporter.window.add_microbatch(tokens, batch["input_ids"].shape[0], flops)
             batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}

@@ -54,13 +54,12 @@ class TrainMicrobatches(torch.utils.data.Dataset):
 
     def __init__(self, split: TokenizedSplit, masker: MLMMasker, plan: BatchPlan, start_step: int, total_steps: int,
                  trim: bool = True, layout: Optional[Callable[[dict], dict]] = None,
-                 stats: Optional[Callable[[dict], tuple]] = None):
-        """``trim`` cuts padding columns no row uses; ``layout`` adds model inputs computed from the batch (then rows
-        keep their full width: fewer distinct shapes for a compiled model); ``stats`` adds ``_flop_stats``, the
-        batch's (tokens, sum of squared lengths, head positions), computed here so a worker does it, not the loop."""
+                 stats: Optional[Callable[[dict], tuple]] = None, pack: bool = False):
+        """``trim`` cuts padding columns no row uses; ``layout``, ``stats``, ``pack``: as ``finish_microbatch``'s
+        (with a layout rows keep their full width: fewer distinct shapes for a compiled model)."""
         self.split, self.masker, self.plan = split, masker, plan
         self.start, self.total, self.trim, self.layout = start_step, total_steps, trim and layout is None, layout
-        self.stats = stats
+        self.stats, self.pack = stats, pack
 
     def __len__(self):
         return max(0, (self.total - self.start) * self.plan.accum)
@@ -69,9 +68,8 @@ class TrainMicrobatches(torch.utils.data.Dataset):
         step, a = self.start + i // self.plan.accum, i % self.plan.accum
         g = self.plan.sample_indices(step, a)
         rows = global_rows(self.plan.seed, len(self.split), g)
-        batch = make_batch(self.split, rows, g, self.masker, self.trim)
-        extra = {} if self.stats is None else {"_flop_stats": self.stats(batch)}
-        return {**batch, **(self.layout(batch) if self.layout is not None else {}), **extra}
+        return finish_microbatch(make_batch(self.split, rows, g, self.masker, self.trim), self.layout, self.stats,
+                                 self.pack)
 
 
 def pack_microbatch(batch: dict) -> dict:
@@ -98,17 +96,21 @@ def unpack_microbatch(item: dict) -> dict:
     return item
 
 
-class _Packed(torch.utils.data.Dataset):
-    """A map-style dataset whose items travel packed (`pack_microbatch`) from the workers."""
+def finish_microbatch(batch: dict, layout: Optional[Callable[[dict], dict]] = None,
+                      stats: Optional[Callable[[dict], tuple]] = None, pack: bool = False, **more) -> dict:
+    """A microbatch as the training loop receives it: ``batch``, the model inputs ``layout`` computes from it (e.g.
+    the unpadding, so the model never asks the GPU for sizes), its FLOP-count inputs under ``_flop_stats`` (computed
+    where the batch is made, so a worker does it, not the loop) and ``more``; packed (``pack_microbatch``) when it
+    leaves a worker process."""
+    item = {**batch, **(layout(batch) if layout else {}), **({"_flop_stats": stats(batch)} if stats else {}), **more}
+    return pack_microbatch(item) if pack else item
 
-    def __init__(self, ds):
-        self.ds = ds
 
-    def __len__(self):
-        return len(self.ds)
-
-    def __getitem__(self, i: int) -> dict:
-        return pack_microbatch(self.ds[i])
+def loader_microbatches(ds, num_workers: int, pin_memory: bool, **loader_kw) -> Iterator[dict]:
+    """``ds``'s items (made with ``pack`` = ``num_workers > 0``) through a DataLoader, unpacked as they arrive."""
+    it = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                                          **loader_kw))
+    return map(unpack_microbatch, it) if num_workers > 0 else it
 
 
 class TrainLoader:
@@ -132,18 +134,15 @@ class TrainLoader:
         self.step = int(state["step"])
 
     def __iter__(self) -> Iterator[tuple[int, list[dict]]]:
+        workers = self.num_workers > 0   # from worker processes, a microbatch travels as one packed buffer
         ds = TrainMicrobatches(self.split, self.masker, self.plan, self.step, self.total_steps,
-                               layout=self.layout, stats=self.stats)
+                               layout=self.layout, stats=self.stats, pack=workers)
         # the workers keep two steps' microbatches in flight (at least 4 each): a step takes `accum` microbatches at
         # once, so with fewer in flight the loop would wait for the rest at every step
-        prefetch = max(4, -(-2 * self.plan.accum // self.num_workers)) if self.num_workers > 0 else None
-        workers = self.num_workers > 0   # from worker processes, a microbatch travels as one packed buffer
-        it = iter(torch.utils.data.DataLoader(_Packed(ds) if workers else ds, batch_size=None, shuffle=False,
-                                              num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                              prefetch_factor=prefetch))
-        get = (lambda: unpack_microbatch(next(it))) if workers else (lambda: next(it))
+        prefetch = max(4, -(-2 * self.plan.accum // self.num_workers)) if workers else None
+        it = loader_microbatches(ds, self.num_workers, self.pin_memory, shuffle=False, prefetch_factor=prefetch)
         for step in range(self.step, self.total_steps):
-            micro = [get() for _ in range(self.plan.accum)]
+            micro = [next(it) for _ in range(self.plan.accum)]
             self.step = step + 1
             yield step, micro
 

@@ -34,7 +34,7 @@ import torch
 
 from ...errors import DataError
 from ..masking import MLMMasker
-from .loader import BatchPlan, pack_microbatch, unpack_microbatch
+from .loader import BatchPlan, finish_microbatch, loader_microbatches
 from .shards import attention_from_lengths
 from .store import _SAFE_CUT_CHARS   # characters that always hold a row's tokens
 
@@ -63,8 +63,7 @@ class _Microbatches(torch.utils.data.IterableDataset):
     def __init__(self, open_stream, tokenizer, masker: MLMMasker, plan: BatchPlan, seq_len: int, text_column: str,
                  start_step: int, skip: int, layout: Optional[Callable[[dict], dict]] = None,
                  stats: Optional[Callable[[dict], tuple]] = None, pack: bool = False):
-        """``layout``, ``stats``: as ``TrainMicrobatches``'s; ``pack``: each microbatch as one buffer
-        (``pack_microbatch``: from a worker process, one shared-memory handshake per microbatch)."""
+        """``layout``, ``stats``, ``pack``: as ``finish_microbatch``'s."""
         self.open_stream, self.tokenizer, self.masker, self.plan = open_stream, tokenizer, masker, plan
         self.seq_len, self.text_column, self.start, self.skip = seq_len, text_column, start_step, skip
         self.layout, self.stats, self.pack = layout, stats, pack
@@ -108,9 +107,7 @@ class _Microbatches(torch.utils.data.IterableDataset):
             att = attention_from_lengths(lengths, width)
             input_ids, labels = self.masker(ids[:, :width], plan.sample_indices(step, a))
             batch = {"input_ids": input_ids, "attention_mask": torch.from_numpy(att), "labels": labels}
-            item = {**batch, **(self.layout(batch) if self.layout else {}), "_examples": got[-1][1],
-                    **({"_flop_stats": self.stats(batch)} if self.stats else {})}
-            yield pack_microbatch(item) if self.pack else item
+            yield finish_microbatch(batch, self.layout, self.stats, self.pack, _examples=got[-1][1])
 
 
 def _cpu_group(world: int):
@@ -182,12 +179,9 @@ class StreamingTrainLoader:
     def __iter__(self):
         if self.group is False:
             self.group = _cpu_group(self.plan.num_processes)
-        worker = self.num_workers > 0   # from the worker process, a microbatch travels as one packed buffer
         ds = _Microbatches(self.open_stream, self.tokenizer, self.masker, self.plan, self.seq_len, self.text_column,
-                           self.step, self.examples, self.layout, self.stats, pack=worker)
-        it = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers,
-                                              pin_memory=self.pin_memory))
-        it = map(unpack_microbatch, it) if worker else it
+                           self.step, self.examples, self.layout, self.stats, pack=self.num_workers > 0)
+        it = loader_microbatches(ds, self.num_workers, self.pin_memory)
         for step in range(self.step, self.total_steps):
             micro = list(itertools.islice(it, self.plan.accum))
             examples = int(micro[-1]["_examples"]) if micro else self.examples
