@@ -11,7 +11,7 @@ env_header() { echo "commit ${MOSAIC_COMMIT:-unknown}  $(date -u +%FT%TZ)"; nvid
 env_header > "$OUT/gpu_tests.log" 2>&1
 # the model's tests that exercise CUDA (the rest of each file runs too: CPU paths are checked against the GPU ones),
 # one pytest process per file side by side (correctness only, nothing timed; the machine has 16 cores), then one log
-FILES="test_model_gpu test_flash_attn_triton test_geglu_op test_attention_outputs test_compile_export"
+FILES="test_model_gpu test_flash_attn_triton test_geglu_op test_hash_dropout test_attention_outputs test_compile_export"
 for f in $FILES; do
   timeout ${TEST_LIMIT:-330} python3 -m pytest -q -rfEs -p no:cacheprovider --durations=5 tests/modeling/$f.py \
     > "$OUT/pytest_$f.log" 2>&1 &

@@ -6,7 +6,7 @@
 Checks, each printed as PASS/FAIL with its numbers:
   op_*       torch.ops.mosaic_bert.varlen_alibi_attn_fwd_v1/bwd_v1 on CUDA bf16 (the Triton kernels) against the same
              op's PyTorch math in float64: out, lse, dq, dk, dv; torch.library.opcheck on CUDA; the GeGLU + dropout
-             op (geglu_dropout_fwd_v1/bwd_v1) against float64 with its own mask.
+             op (geglu_dropout_fwd_v2/bwd_v2) against float64 with its own mask.
   compile_*  torch.compile(model, fullgraph=True) training step (bf16 autocast, attention_backend="triton") against
              eager: loss and every gradient; padded batch with MLM labels, padding-free batch, a second batch shape;
              padding-free inference has no graph break, and runs under CUDA graphs (mode="reduce-overhead").

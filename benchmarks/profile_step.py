@@ -36,6 +36,8 @@ VARIANTS = {
     # the attention backward as the two-kernel version (before the fused short-sequence kernel)
     "bucketed-old-geglu": ("bucketed", None, {}, "old-geglu"),
     "bucketed-no-fused-bwd": ("bucketed", None, {}, "no-fused-bwd"),
+    # the embedding and attention-output dropouts as Inductor's Philox draws (before the counter hash)
+    "bucketed-cg-philox-hidden": ("bucketed", "reduce-overhead", {}, "philox-hidden"),
 }
 
 
@@ -49,8 +51,10 @@ class _Patch:
         from mosaic_bert.modeling import flash_attn_triton as fa
         from mosaic_bert.modeling import modeling_bert as mb
 
-        self.saved = (mb.geglu_dropout, fa._FUSED_BWD_MAX_SEQLEN)
-        if self.name == "old-geglu":
+        self.saved = (mb.geglu_dropout, fa._FUSED_BWD_MAX_SEQLEN, mb.hidden_dropout)
+        if self.name == "philox-hidden":
+            mb.hidden_dropout = lambda x, dropout, training: torch.nn.functional.dropout(x, dropout.p, training)
+        elif self.name == "old-geglu":
             def plain(gate_up, p):
                 a, b = gate_up.split(gate_up.shape[-1] // 2, dim=-1)
                 return torch.nn.functional.dropout(torch.nn.functional.gelu(a) * b, p, True)
@@ -63,7 +67,7 @@ class _Patch:
         from mosaic_bert.modeling import flash_attn_triton as fa
         from mosaic_bert.modeling import modeling_bert as mb
 
-        mb.geglu_dropout, fa._FUSED_BWD_MAX_SEQLEN = self.saved
+        mb.geglu_dropout, fa._FUSED_BWD_MAX_SEQLEN, mb.hidden_dropout = self.saved
 CASES = {"train": bm.Case("train", 256, 128, 0.25), "infer": bm.Case("infer", 512, 128, 0.25)}
 
 
@@ -233,6 +237,44 @@ def checks() -> list[dict]:
     return out
 
 
+from mosaic_bert.modeling import flash_attn_triton as fa  # noqa: E402
+
+if fa.HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _philox_geglu_fwd_kernel(GU, H, MASK, SEED, n_rows, n_cols, n_col_blocks, threshold, scale,
+                                 BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+        pid_r = tl.program_id(0)
+        pid_c = tl.program_id(1)
+        Q: tl.constexpr = BLOCK_C // 4
+        rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+        c0 = pid_c * BLOCK_C + tl.arange(0, Q)
+        offs = (rows[:, None] * n_col_blocks + pid_c) * Q + tl.arange(0, Q)[None, :]
+        r0, r1, r2, r3 = tl.randint4x(tl.load(SEED), offs)
+        part = fa._geglu_fwd_part
+        k0 = part(GU, H, rows, c0, (r0 >> 16).to(tl.int32), n_rows, n_cols, threshold, scale, True)
+        k1 = part(GU, H, rows, c0 + Q, (r1 >> 16).to(tl.int32), n_rows, n_cols, threshold, scale, True)
+        k2 = part(GU, H, rows, c0 + 2 * Q, (r2 >> 16).to(tl.int32), n_rows, n_cols, threshold, scale, True)
+        k3 = part(GU, H, rows, c0 + 3 * Q, (r3 >> 16).to(tl.int32), n_rows, n_cols, threshold, scale, True)
+        tl.store(MASK + offs, k0 | (k1 << 1) | (k2 << 2) | (k3 << 3), mask=rows[:, None] < n_rows)
+
+
+def philox_geglu_fwd(gate_up, seed, p):
+    """The GeGLU forward kernel as it was before the counter hash: one Philox call per four draws (an A/B timing of
+    the draws only; 16 bits of each Philox output against the same threshold)."""
+    n, i2 = gate_up.shape
+    i = i2 // 2
+    h = torch.empty((n, i), dtype=gate_up.dtype, device=gate_up.device)
+    mask = torch.empty(fa._geglu_mask_shape(n, i, p), dtype=torch.uint8, device=gate_up.device)
+    n_cb = triton.cdiv(i, fa._GEGLU_BLOCK_C)
+    _philox_geglu_fwd_kernel[(triton.cdiv(n, fa._GEGLU_BLOCK_R), n_cb)](
+        gate_up, h, mask, seed, n, i, n_cb, fa.dropout_threshold(p), 1.0 / (1.0 - p), BLOCK_R=fa._GEGLU_BLOCK_R,
+        BLOCK_C=fa._GEGLU_BLOCK_C, num_warps=4)
+    return h, mask
+
+
 def geglu_checks() -> list[dict]:
     """The GeGLU + dropout op on CUDA bf16 against float64 autograd (with its own mask), and its time against
     Inductor's fusion of the plain PyTorch expression at the training shape (fwd, fwd + bwd)."""
@@ -273,6 +315,15 @@ def geglu_checks() -> list[dict]:
         times[name + "_fwd_ms"] = triton.testing.do_bench(lambda: fn(), warmup=50, rep=200, return_mode="median")
         times[name + "_fwd_bwd_ms"] = triton.testing.do_bench(
             lambda: torch.autograd.grad(fn(), x, dh), warmup=50, rep=200, return_mode="median")
+    # A/B of the draws alone: the same forward kernel with Philox draws (before the counter hash) and without dropout
+    seed = torch.tensor([5], device="cuda")
+    xd = x.detach()
+    times["op_fwd_philox_ms"] = triton.testing.do_bench(lambda: philox_geglu_fwd(xd, seed, 0.1), warmup=50, rep=200,
+                                                        return_mode="median")
+    times["op_fwd_hash_ms"] = triton.testing.do_bench(lambda: fa._geglu_fwd_impl(xd, seed, 0.1), warmup=50, rep=200,
+                                                      return_mode="median")
+    times["op_fwd_no_dropout_ms"] = triton.testing.do_bench(lambda: fa._geglu_fwd_impl(xd, seed, 0.0), warmup=50,
+                                                            rep=200, return_mode="median")
     out.append(dict(check="geglu 24576x3072 p=0.1 times (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in times.items()),
                     loss=0.0, loss_diff=0.0, worst_grad_rel=0.0, ok=True, **times))
     print(json.dumps(out[-1]), flush=True)

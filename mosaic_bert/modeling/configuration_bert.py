@@ -49,7 +49,7 @@ class BertConfig(_HFBertConfig):
             one host sync per forward, which False skips (e.g. a training loop whose collator checks on the CPU).
             Never inside torch.compile/torch.export graphs.
         fused_geglu (bool): deprecated and ignored (kept so that saved configs load). In training the GeGLU and its
-            dropout are the custom op `torch.ops.mosaic_bert.geglu_dropout_fwd_v1` (Triton kernels on CUDA in
+            dropout are the custom op `torch.ops.mosaic_bert.geglu_dropout_fwd_v2` (Triton kernels on CUDA in
             fp16/bf16, the same math in PyTorch elsewhere); in eval it is plain PyTorch, which `torch.compile(model)`
             fuses.
 

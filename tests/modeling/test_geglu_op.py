@@ -1,5 +1,6 @@
-"""The GeGLU + dropout custom op (`torch.ops.mosaic_bert.geglu_dropout_fwd_v1` / `_bwd_v1`): the PyTorch path (CPU,
-fp32) and the Triton kernels (in Triton's CPU interpreter, a child process) against float64 autograd."""
+"""The GeGLU + dropout custom op (`torch.ops.mosaic_bert.geglu_dropout_fwd_v2` / `_bwd_v2`): the PyTorch path (CPU,
+fp32) and the Triton kernels (in Triton's CPU interpreter, a child process) against float64 autograd; both paths
+draw the same dropout mask."""
 
 import os
 import subprocess
@@ -77,6 +78,7 @@ for n, i, p in ((37, 40, 0.0), (37, 40, 0.1), (5, 1030, 0.3)):  # ragged rows an
     if p > 0:
         frac = mask.float().mean().item()
         assert abs(frac - (1 - p)) < 0.04, frac
+        assert torch.equal(mask, fa.geglu_keep_reference(torch.tensor([99]), n, i, p))  # the PyTorch path's mask
         big = ref.abs() > 1e-3
         assert mask.shape == h.shape and torch.equal((h == 0) & big, ~mask & big)
 print("OK")
@@ -107,7 +109,7 @@ def test_training_with_dropout_compiles_in_one_graph_and_the_op_is_in_it():
     torch._dynamo.reset()
     explained = torch._dynamo.explain(model)(**inputs)
     assert explained.graph_break_count == 0
-    assert any("geglu_dropout_fwd_v1" in str(n.target) for g in explained.graphs for n in g.graph.nodes)
+    assert any("geglu_dropout_fwd_v2" in str(n.target) for g in explained.graphs for n in g.graph.nodes)
     torch._dynamo.reset()
     out = torch.compile(model, backend="inductor", fullgraph=True)(**inputs)
     out.loss.backward()
