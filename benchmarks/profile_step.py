@@ -372,6 +372,7 @@ def main():
     p.add_argument("--profile-variants", default="bucketed")
     p.add_argument("--profile-steps", type=int, default=3)
     p.add_argument("--checks", action="store_true")
+    p.add_argument("--geglu", action="store_true", help="only the GeGLU op's checks and timings of --checks")
     p.add_argument("--budget-s", type=float, default=420.0, help="no new variant starts after this many seconds")
     args = p.parse_args()
     for limit in ("recompile_limit", "cache_size_limit"):
@@ -381,9 +382,9 @@ def main():
     print(env, flush=True)
     t0 = time.perf_counter()
     checks_out = []
-    if args.checks:
+    if args.checks or args.geglu:
         try:
-            checks_out = checks()
+            checks_out = checks() if args.checks else geglu_checks()
         except Exception as e:  # noqa: BLE001 -- report it, time the variants anyway
             traceback.print_exc()
             checks_out = [dict(check=f"checks failed: {type(e).__name__}: {e}"[:300], loss=float("nan"),
