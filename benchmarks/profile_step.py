@@ -123,6 +123,27 @@ def kernel_summary(prof, n_steps: int) -> dict:
                 top=[dict(name=n[:140], ms=v[0] / per, calls=v[1] / n_steps) for n, v in top])
 
 
+def who_launches(prof, pattern: str) -> dict:
+    """For the kernels whose name matches ``pattern``: the chains of CPU ops that launched them (counted)."""
+    import re
+
+    rx = re.compile(pattern)
+    chains = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            continue
+        hits = [k for k in (getattr(e, "kernels", None) or []) if rx.search(getattr(k, "name", ""))]
+        if not hits:
+            continue
+        chain, p = [f"{e.name}{e.input_shapes if getattr(e, 'input_shapes', None) else ''}"], e.cpu_parent
+        while p is not None and len(chain) < 7:
+            chain.append(p.name[:80])
+            p = p.cpu_parent
+        key = " <- ".join(chain)
+        chains[key] = chains.get(key, 0) + len(hits)
+    return dict(sorted(chains.items(), key=lambda kv: -kv[1])[:20])
+
+
 def inputs_for(layout: str, cpu_batches: list[dict], device: str) -> list[dict]:
     if layout == "cpu":
         out = [bm._to(bm.cpu_layout(b), device) for b in cpu_batches]
@@ -178,11 +199,15 @@ def _run_variant(case, name, cpu_batches, args, layout, mode, inductor) -> dict:
             from torch.profiler import ProfilerActivity, profile
 
             torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            activities = [ProfilerActivity.CUDA, ProfilerActivity.CPU]
+            with profile(activities=activities, record_shapes=bool(args.who)) as prof:
                 for i in range(args.profile_steps):
                     step(batches[i % len(batches)])
                 torch.cuda.synchronize()
             row["profile"] = kernel_summary(prof, args.profile_steps)
+            if args.who:
+                row["profile"]["who"] = who_launches(prof, args.who)
+                print(json.dumps(row["profile"]["who"], indent=1), flush=True)
     except Exception as e:  # noqa: BLE001 -- a failing variant is a result
         row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
         traceback.print_exc()
@@ -243,6 +268,8 @@ if fa.HAS_TRITON:
     import triton
     import triton.language as tl
 
+    from mosaic_bert.modeling.flash_attn_triton import _geglu_fwd_part
+
     @triton.jit
     def _philox_geglu_fwd_kernel(GU, H, MASK, SEED, n_rows, n_cols, n_col_blocks, threshold, scale,
                                  BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -253,11 +280,10 @@ if fa.HAS_TRITON:
         c0 = pid_c * BLOCK_C + tl.arange(0, Q)
         offs = (rows[:, None] * n_col_blocks + pid_c) * Q + tl.arange(0, Q)[None, :]
         r0, r1, r2, r3 = tl.randint4x(tl.load(SEED), offs)
-        part = fa._geglu_fwd_part
-        k0 = part(GU, H, rows, c0, (r0 >> 16).to(tl.int32), n_rows, n_cols, threshold, scale, True)
-        k1 = part(GU, H, rows, c0 + Q, (r1 >> 16).to(tl.int32), n_rows, n_cols, threshold, scale, True)
-        k2 = part(GU, H, rows, c0 + 2 * Q, (r2 >> 16).to(tl.int32), n_rows, n_cols, threshold, scale, True)
-        k3 = part(GU, H, rows, c0 + 3 * Q, (r3 >> 16).to(tl.int32), n_rows, n_cols, threshold, scale, True)
+        k0 = _geglu_fwd_part(GU, H, rows, c0, (r0 >> 16).to(tl.int32), n_rows, n_cols, threshold, scale, True)
+        k1 = _geglu_fwd_part(GU, H, rows, c0 + Q, (r1 >> 16).to(tl.int32), n_rows, n_cols, threshold, scale, True)
+        k2 = _geglu_fwd_part(GU, H, rows, c0 + 2 * Q, (r2 >> 16).to(tl.int32), n_rows, n_cols, threshold, scale, True)
+        k3 = _geglu_fwd_part(GU, H, rows, c0 + 3 * Q, (r3 >> 16).to(tl.int32), n_rows, n_cols, threshold, scale, True)
         tl.store(MASK + offs, k0 | (k1 << 1) | (k2 << 2) | (k3 << 3), mask=rows[:, None] < n_rows)
 
 
@@ -273,6 +299,37 @@ def philox_geglu_fwd(gate_up, seed, p):
         gate_up, h, mask, seed, n, i, n_cb, fa.dropout_threshold(p), 1.0 / (1.0 - p), BLOCK_R=fa._GEGLU_BLOCK_R,
         BLOCK_C=fa._GEGLU_BLOCK_C, num_warps=4)
     return h, mask
+
+
+def geglu_tile_sweep(gate_up, dh, seed, p) -> dict:
+    """The GeGLU kernels' time (ms) at other tile heights (BLOCK_R) and warp counts than the op's; the dropout
+    mask's layout depends only on BLOCK_C, so these change nothing but speed."""
+    n, i2 = gate_up.shape
+    i = i2 // 2
+    n_cb = triton.cdiv(i, fa._GEGLU_BLOCK_C)
+    h = torch.empty((n, i), dtype=gate_up.dtype, device=gate_up.device)
+    mask = torch.empty(fa._geglu_mask_shape(n, i, p), dtype=torch.uint8, device=gate_up.device)
+    dgu = torch.empty_like(gate_up)
+    thr, scale = fa.dropout_threshold(p), 1.0 / (1.0 - p)
+    out = {}
+    for block_r in (1, 2, 4, 8, 16):
+        for warps in (2, 4, 8):
+            grid = (triton.cdiv(n, block_r), n_cb)
+
+            def fwd():
+                fa._geglu_fwd_kernel[grid](gate_up, h, mask, seed, n, i, n_cb, thr, scale, HAS_DROPOUT=True,
+                                           BLOCK_R=block_r, BLOCK_C=fa._GEGLU_BLOCK_C, num_warps=warps)
+
+            def bwd():
+                fa._geglu_bwd_kernel[grid](dh, gate_up, mask, dgu, n, i, n_cb, scale, HAS_DROPOUT=True,
+                                           BLOCK_R=block_r, BLOCK_C=fa._GEGLU_BLOCK_C, num_warps=warps)
+            for name, fn in (("fwd", fwd), ("bwd", bwd)):
+                try:
+                    out[f"tile_{name}_r{block_r}_w{warps}_ms"] = triton.testing.do_bench(fn, warmup=25, rep=100,
+                                                                                       return_mode="median")
+                except Exception as e:  # noqa: BLE001 -- a configuration that does not compile is a result
+                    out[f"tile_{name}_r{block_r}_w{warps}_ms"] = f"{type(e).__name__}"
+    return out
 
 
 def geglu_checks() -> list[dict]:
@@ -324,6 +381,7 @@ def geglu_checks() -> list[dict]:
                                                       return_mode="median")
     times["op_fwd_no_dropout_ms"] = triton.testing.do_bench(lambda: fa._geglu_fwd_impl(xd, seed, 0.0), warmup=50,
                                                             rep=200, return_mode="median")
+    times.update(geglu_tile_sweep(xd, dh, seed, 0.1))
     out.append(dict(check="geglu 24576x3072 p=0.1 times (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in times.items()),
                     loss=0.0, loss_diff=0.0, worst_grad_rel=0.0, ok=True, **times))
     print(json.dumps(out[-1]), flush=True)
@@ -371,6 +429,7 @@ def main():
     p.add_argument("--profile", action="store_true")
     p.add_argument("--profile-variants", default="bucketed")
     p.add_argument("--profile-steps", type=int, default=3)
+    p.add_argument("--who", default=None, help="regex: print which CPU ops launch the matching kernels (profile)")
     p.add_argument("--checks", action="store_true")
     p.add_argument("--geglu", action="store_true", help="only the GeGLU op's checks and timings of --checks")
     p.add_argument("--budget-s", type=float, default=420.0, help="no new variant starts after this many seconds")
