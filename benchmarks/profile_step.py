@@ -38,6 +38,14 @@ VARIANTS = {
     "bucketed-no-fused-bwd": ("bucketed", None, {}, "no-fused-bwd"),
     # the embedding and attention-output dropouts as Inductor's Philox draws (before the counter hash)
     "bucketed-cg-philox-hidden": ("bucketed", "reduce-overhead", {}, "philox-hidden"),
+    # Inductor's mix-order reductions (LayerNorm backward + its weight/bias sums in one kernel that leaves partial
+    # sums, one per `split_size` rows, to a second reduction): the split size (default: rows / (8 x SMs), >= 16),
+    # tuned per kernel, or the fusion off
+    "bucketed-cg-mo64": ("bucketed", "reduce-overhead", {"triton.mix_order_reduction_split_size": 64}, None),
+    "bucketed-cg-mo128": ("bucketed", "reduce-overhead", {"triton.mix_order_reduction_split_size": 128}, None),
+    "bucketed-cg-mo-tuned": ("bucketed", "reduce-overhead", {"triton.mix_order_reduction_autotune_split_size": True},
+                             None),
+    "bucketed-cg-no-mo": ("bucketed", "reduce-overhead", {"triton.mix_order_reduction": False}, None),
 }
 
 
@@ -295,9 +303,10 @@ def philox_geglu_fwd(gate_up, seed, p):
     h = torch.empty((n, i), dtype=gate_up.dtype, device=gate_up.device)
     mask = torch.empty(fa._geglu_mask_shape(n, i, p), dtype=torch.uint8, device=gate_up.device)
     n_cb = triton.cdiv(i, fa._GEGLU_BLOCK_C)
-    _philox_geglu_fwd_kernel[(triton.cdiv(n, fa._GEGLU_BLOCK_R), n_cb)](
-        gate_up, h, mask, seed, n, i, n_cb, fa.dropout_threshold(p), 1.0 / (1.0 - p), BLOCK_R=fa._GEGLU_BLOCK_R,
-        BLOCK_C=fa._GEGLU_BLOCK_C, num_warps=4)
+    rows, warps = fa._GEGLU_FWD_TILE
+    _philox_geglu_fwd_kernel[(triton.cdiv(n, rows), n_cb)](
+        gate_up, h, mask, seed, n, i, n_cb, fa.dropout_threshold(p), 1.0 / (1.0 - p), BLOCK_R=rows,
+        BLOCK_C=fa._GEGLU_BLOCK_C, num_warps=warps)
     return h, mask
 
 

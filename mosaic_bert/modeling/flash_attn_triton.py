@@ -1156,7 +1156,10 @@ if HAS_TRITON:
 # scale kept ones by 1 / (1 - p).  v2: hash draws (v1 drew from Philox).
 _GEGLU_FWD_OP = "geglu_dropout_fwd_v2"
 _GEGLU_BWD_OP = "geglu_dropout_bwd_v2"
-_GEGLU_BLOCK_R, _GEGLU_BLOCK_C = 4, 1024  # a tile: 4 rows x 1024 columns, 4 quarters of 256 columns
+_GEGLU_BLOCK_C = 1024  # a tile's columns: 4 quarters of 256 (fixes the mask's layout)
+# (rows of a tile, warps) of each kernel: any choice gives the same results; these were the fastest at 24576 x 3072
+# on an H100 (forward 0.186 ms against 0.196 at (4, 4); backward 0.273 for most choices)
+_GEGLU_FWD_TILE, _GEGLU_BWD_TILE = (1, 2), (4, 4)
 
 if HAS_TRITON:
 
@@ -1328,10 +1331,10 @@ def _geglu_fwd_impl(gate_up: torch.Tensor, seed: torch.Tensor, p: float) -> tupl
     mask = torch.empty(_geglu_mask_shape(n, i, p), dtype=torch.uint8, device=gate_up.device)
     if n and i:
         n_cb = triton.cdiv(i, _GEGLU_BLOCK_C)
-        grid = (triton.cdiv(n, _GEGLU_BLOCK_R), n_cb)
-        _geglu_fwd_kernel[grid](gate_up, h, mask, seed if dropout else gate_up, n, i, n_cb, dropout_threshold(p),
-                                1.0 / (1.0 - p), HAS_DROPOUT=dropout, BLOCK_R=_GEGLU_BLOCK_R,
-                                BLOCK_C=_GEGLU_BLOCK_C, num_warps=4)
+        rows, warps = _GEGLU_FWD_TILE
+        _geglu_fwd_kernel[(triton.cdiv(n, rows), n_cb)](
+            gate_up, h, mask, seed if dropout else gate_up, n, i, n_cb, dropout_threshold(p), 1.0 / (1.0 - p),
+            HAS_DROPOUT=dropout, BLOCK_R=rows, BLOCK_C=_GEGLU_BLOCK_C, num_warps=warps)
     return h, mask
 
 
@@ -1344,9 +1347,10 @@ def _geglu_bwd_impl(dh: torch.Tensor, gate_up: torch.Tensor, mask: torch.Tensor,
     dgu = _empty((n, i2), gate_up)
     if n and i:
         n_cb = triton.cdiv(i, _GEGLU_BLOCK_C)
-        grid = (triton.cdiv(n, _GEGLU_BLOCK_R), n_cb)
-        _geglu_bwd_kernel[grid](dh, gate_up, mask, dgu, n, i, n_cb, 1.0 / (1.0 - p), HAS_DROPOUT=p > 0.0,
-                                BLOCK_R=_GEGLU_BLOCK_R, BLOCK_C=_GEGLU_BLOCK_C, num_warps=4)
+        rows, warps = _GEGLU_BWD_TILE
+        _geglu_bwd_kernel[(triton.cdiv(n, rows), n_cb)](
+            dh, gate_up, mask, dgu, n, i, n_cb, 1.0 / (1.0 - p), HAS_DROPOUT=p > 0.0, BLOCK_R=rows,
+            BLOCK_C=_GEGLU_BLOCK_C, num_warps=warps)
     return dgu
 
 
