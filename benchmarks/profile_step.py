@@ -46,6 +46,10 @@ VARIANTS = {
     "bucketed-cg-mo-tuned": ("bucketed", "reduce-overhead", {"triton.mix_order_reduction_autotune_split_size": True},
                              None),
     "bucketed-cg-no-mo": ("bucketed", "reduce-overhead", {"triton.mix_order_reduction": False}, None),
+    # eager (not compiled) on the padded batch, as the `ours` row of benchmark.py; and with the GeGLU forward tile
+    # of before (4 rows x 4 warps)
+    "eager": ("padded", "eager", {}, None),
+    "eager-geglu-tile44": ("padded", "eager", {}, "geglu-tile44"),
 }
 
 
@@ -59,8 +63,10 @@ class _Patch:
         from mosaic_bert.modeling import flash_attn_triton as fa
         from mosaic_bert.modeling import modeling_bert as mb
 
-        self.saved = (mb.geglu_dropout, fa._FUSED_BWD_MAX_SEQLEN, mb.hidden_dropout)
-        if self.name == "philox-hidden":
+        self.saved = (mb.geglu_dropout, fa._FUSED_BWD_MAX_SEQLEN, mb.hidden_dropout, fa._GEGLU_FWD_TILE)
+        if self.name == "geglu-tile44":
+            fa._GEGLU_FWD_TILE = (4, 4)
+        elif self.name == "philox-hidden":
             mb.hidden_dropout = lambda x, dropout, training: torch.nn.functional.dropout(x, dropout.p, training)
         elif self.name == "old-geglu":
             def plain(gate_up, p):
@@ -75,7 +81,7 @@ class _Patch:
         from mosaic_bert.modeling import flash_attn_triton as fa
         from mosaic_bert.modeling import modeling_bert as mb
 
-        mb.geglu_dropout, fa._FUSED_BWD_MAX_SEQLEN, mb.hidden_dropout = self.saved
+        mb.geglu_dropout, fa._FUSED_BWD_MAX_SEQLEN, mb.hidden_dropout, fa._GEGLU_FWD_TILE = self.saved
 CASES = {"train": bm.Case("train", 256, 128, 0.25), "infer": bm.Case("infer", 512, 128, 0.25)}
 
 
@@ -153,6 +159,8 @@ def who_launches(prof, pattern: str) -> dict:
 
 
 def inputs_for(layout: str, cpu_batches: list[dict], device: str) -> list[dict]:
+    if layout == "padded":
+        return [bm._to(b, device) for b in cpu_batches]
     if layout == "cpu":
         out = [bm._to(bm.cpu_layout(b), device) for b in cpu_batches]
         bm.mark_bucket_dims(out)
@@ -184,7 +192,7 @@ def _run_variant(case, name, cpu_batches, args, layout, mode, inductor) -> dict:
     for k, v in inductor.items():
         setattr(torch._inductor.config, k, v)
     try:
-        compiled = torch.compile(model, mode=mode)
+        compiled = model if mode == "eager" else torch.compile(model, mode=mode)
         step = bm.make_step(compiled, case, amp=True, device="cuda", graphs=mode in ("reduce-overhead", "max-autotune"))
         t0 = time.perf_counter()
         step(batches[0])
