@@ -1184,19 +1184,36 @@ if HAS_TRITON:
         return keep.to(tl.uint8)
 
     @triton.jit
-    def _geglu_fwd_kernel(GU, H, MASK, SEED, n_rows, n_cols, n_col_blocks, threshold, scale,
-                          HAS_DROPOUT: tl.constexpr, BLOCK_R: tl.constexpr,
-                          BLOCK_C: tl.constexpr):
-        # A tile is BLOCK_R rows x 4 quarters of Q columns. Position `offs` of a
-        # quarter (row, column block, column within the quarter) has two hash
-        # counters, 2 offs for quarters 0-1 (low, high half) and 2 offs + 1 for
-        # quarters 2-3; its four keep bits are one byte of the mask.
+    def _geglu_tile(n_col_blocks, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+        """This program's tile: BLOCK_R rows x 4 quarters of BLOCK_C // 4 columns. Returns the rows, the columns of
+        the first quarter and `offs`, the position of each (row, column of a quarter) in the packed mask."""
         pid_r = tl.program_id(0)
         pid_c = tl.program_id(1)
         Q: tl.constexpr = BLOCK_C // 4
         rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
         c0 = pid_c * BLOCK_C + tl.arange(0, Q)
         offs = (rows[:, None] * n_col_blocks + pid_c) * Q + tl.arange(0, Q)[None, :]
+        return rows, c0, offs
+
+    @triton.jit
+    def _geglu_fwd_quarters(GU, H, MASK, rows, c0, offs, r0, r1, r2, r3, n_rows, n_cols, threshold, scale,
+                            HAS_DROPOUT: tl.constexpr, Q: tl.constexpr):
+        """The four quarters of a tile with draws r0..r3; their keep bits are one byte of the mask."""
+        k0 = _geglu_fwd_part(GU, H, rows, c0, r0, n_rows, n_cols, threshold, scale, HAS_DROPOUT)
+        k1 = _geglu_fwd_part(GU, H, rows, c0 + Q, r1, n_rows, n_cols, threshold, scale, HAS_DROPOUT)
+        k2 = _geglu_fwd_part(GU, H, rows, c0 + 2 * Q, r2, n_rows, n_cols, threshold, scale, HAS_DROPOUT)
+        k3 = _geglu_fwd_part(GU, H, rows, c0 + 3 * Q, r3, n_rows, n_cols, threshold, scale, HAS_DROPOUT)
+        if HAS_DROPOUT:
+            bits = k0 | (k1 << 1) | (k2 << 2) | (k3 << 3)
+            tl.store(MASK + offs, bits, mask=rows[:, None] < n_rows)
+
+    @triton.jit
+    def _geglu_fwd_kernel(GU, H, MASK, SEED, n_rows, n_cols, n_col_blocks, threshold, scale,
+                          HAS_DROPOUT: tl.constexpr, BLOCK_R: tl.constexpr,
+                          BLOCK_C: tl.constexpr):
+        # Position `offs` of a quarter has two hash counters: 2 offs for quarters
+        # 0-1 (low, high half) and 2 offs + 1 for quarters 2-3.
+        rows, c0, offs = _geglu_tile(n_col_blocks, BLOCK_R, BLOCK_C)
         if HAS_DROPOUT:
             h01 = _hash_tl(SEED, offs * 2)
             h23 = _hash_tl(SEED, offs * 2 + 1)
@@ -1209,13 +1226,8 @@ if HAS_TRITON:
             r1 = 0
             r2 = 0
             r3 = 0
-        k0 = _geglu_fwd_part(GU, H, rows, c0, r0, n_rows, n_cols, threshold, scale, HAS_DROPOUT)
-        k1 = _geglu_fwd_part(GU, H, rows, c0 + Q, r1, n_rows, n_cols, threshold, scale, HAS_DROPOUT)
-        k2 = _geglu_fwd_part(GU, H, rows, c0 + 2 * Q, r2, n_rows, n_cols, threshold, scale, HAS_DROPOUT)
-        k3 = _geglu_fwd_part(GU, H, rows, c0 + 3 * Q, r3, n_rows, n_cols, threshold, scale, HAS_DROPOUT)
-        if HAS_DROPOUT:
-            bits = k0 | (k1 << 1) | (k2 << 2) | (k3 << 3)
-            tl.store(MASK + offs, bits, mask=rows[:, None] < n_rows)
+        _geglu_fwd_quarters(GU, H, MASK, rows, c0, offs, r0, r1, r2, r3, n_rows, n_cols, threshold, scale,
+                            HAS_DROPOUT, BLOCK_C // 4)
 
     @triton.jit
     def _geglu_bwd_part(DH, GU, DGU, rows, cols, bits, n_rows, n_cols, scale,
@@ -1239,13 +1251,9 @@ if HAS_TRITON:
     def _geglu_bwd_kernel(DH, GU, MASK, DGU, n_rows, n_cols, n_col_blocks, scale,
                           HAS_DROPOUT: tl.constexpr, BLOCK_R: tl.constexpr,
                           BLOCK_C: tl.constexpr):
-        pid_r = tl.program_id(0)
-        pid_c = tl.program_id(1)
         Q: tl.constexpr = BLOCK_C // 4
-        rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-        c0 = pid_c * BLOCK_C + tl.arange(0, Q)
+        rows, c0, offs = _geglu_tile(n_col_blocks, BLOCK_R, BLOCK_C)
         if HAS_DROPOUT:
-            offs = (rows[:, None] * n_col_blocks + pid_c) * Q + tl.arange(0, Q)[None, :]
             bits = tl.load(MASK + offs, mask=rows[:, None] < n_rows, other=0).to(tl.int32)
         else:
             bits = 0
