@@ -294,9 +294,9 @@ def _layer_norm(config) -> LayerNorm:
 
 def hidden_dropout(x: torch.Tensor, dropout: nn.Dropout, training: bool) -> torch.Tensor:
     """Dropout of the hidden states. Eager: `F.dropout`. Under torch.compile: the counter-hash draws of
-    `flash_attn_triton.hash_dropout`, plain integer ops that Inductor fuses into the LayerNorm kernel that follows,
-    at a fifth of the integer work of the Philox call Inductor otherwise makes per element (same keep rate and
-    scaling; a different random stream)."""
+    `flash_attn_triton.hash_dropout`, plain integer ops that Inductor fuses into the LayerNorm kernel that follows
+    instead of one Philox call per element (that kernel: 0.069 instead of 0.114 ms a layer at 24.6k tokens on an
+    H100; same keep rate and scaling, a different random stream)."""
     if not training or dropout.p == 0.0:
         return x
     if torch.compiler.is_compiling():
