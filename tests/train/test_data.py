@@ -273,3 +273,18 @@ def test_loader_workers_give_the_same_microbatches_as_the_loop_itself(tmp_path, 
         for k in a:
             assert (torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype) if torch.is_tensor(a[k]) \
                 else tuple(a[k]) == tuple(b[k]) if isinstance(a[k], (tuple, list)) else a[k] == b[k], k
+
+
+def test_a_microbatch_is_packed_only_when_a_worker_process_makes_it(tmp_path, tokenizer):
+    """One shared buffer per microbatch from a worker; plain tensors when the loop makes it itself."""
+    import torch
+
+    from mosaic_bert.train.data.loader import TrainMicrobatches
+    cfg = DataConfig(train_files=str(SMALL), cache_dir=str(tmp_path), max_seq_len=32, mode="pack")
+    folder, _ = build_or_load_cache(cfg, tokenizer, log=lambda *a: None)
+    split, masker = TokenizedSplit(folder, "train"), MLMMasker.from_tokenizer(tokenizer, 0.3, 0)
+    ds = TrainMicrobatches(split, masker, BatchPlan(3, 16, 8, accum=2), 0, 1)
+    here = ds[0]
+    assert "_packed" not in here and torch.is_tensor(here["input_ids"])
+    there = next(iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1)))
+    assert sum(torch.is_tensor(v) for v in there.values()) == 1 and there["_packed"].dtype == torch.uint8

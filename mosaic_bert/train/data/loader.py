@@ -54,12 +54,12 @@ class TrainMicrobatches(torch.utils.data.Dataset):
 
     def __init__(self, split: TokenizedSplit, masker: MLMMasker, plan: BatchPlan, start_step: int, total_steps: int,
                  trim: bool = True, layout: Optional[Callable[[dict], dict]] = None,
-                 stats: Optional[Callable[[dict], tuple]] = None, pack: bool = False):
-        """``trim`` cuts padding columns no row uses; ``layout``, ``stats``, ``pack``: as ``finish_microbatch``'s
-        (with a layout rows keep their full width: fewer distinct shapes for a compiled model)."""
+                 stats: Optional[Callable[[dict], tuple]] = None):
+        """``trim`` cuts padding columns no row uses; ``layout``, ``stats``: as ``finish_microbatch``'s (with a
+        layout rows keep their full width: fewer distinct shapes for a compiled model)."""
         self.split, self.masker, self.plan = split, masker, plan
         self.start, self.total, self.trim, self.layout = start_step, total_steps, trim and layout is None, layout
-        self.stats, self.pack = stats, pack
+        self.stats = stats
 
     def __len__(self):
         return max(0, (self.total - self.start) * self.plan.accum)
@@ -68,8 +68,7 @@ class TrainMicrobatches(torch.utils.data.Dataset):
         step, a = self.start + i // self.plan.accum, i % self.plan.accum
         g = self.plan.sample_indices(step, a)
         rows = global_rows(self.plan.seed, len(self.split), g)
-        return finish_microbatch(make_batch(self.split, rows, g, self.masker, self.trim), self.layout, self.stats,
-                                 self.pack)
+        return finish_microbatch(make_batch(self.split, rows, g, self.masker, self.trim), self.layout, self.stats)
 
 
 def pack_microbatch(batch: dict) -> dict:
@@ -97,17 +96,17 @@ def unpack_microbatch(item: dict) -> dict:
 
 
 def finish_microbatch(batch: dict, layout: Optional[Callable[[dict], dict]] = None,
-                      stats: Optional[Callable[[dict], tuple]] = None, pack: bool = False, **more) -> dict:
+                      stats: Optional[Callable[[dict], tuple]] = None, **more) -> dict:
     """A microbatch as the training loop receives it: ``batch``, the model inputs ``layout`` computes from it (e.g.
     the unpadding, so the model never asks the GPU for sizes), its FLOP-count inputs under ``_flop_stats`` (computed
-    where the batch is made, so a worker does it, not the loop) and ``more``; packed (``pack_microbatch``) when it
-    leaves a worker process."""
+    where the batch is made, so a worker does it, not the loop) and ``more``; packed (``pack_microbatch``) when made
+    in a DataLoader worker process, to leave it as one buffer."""
     item = {**batch, **(layout(batch) if layout else {}), **({"_flop_stats": stats(batch)} if stats else {}), **more}
-    return pack_microbatch(item) if pack else item
+    return pack_microbatch(item) if torch.utils.data.get_worker_info() is not None else item
 
 
 def loader_microbatches(ds, num_workers: int, pin_memory: bool, **loader_kw) -> Iterator[dict]:
-    """``ds``'s items (made with ``pack`` = ``num_workers > 0``) through a DataLoader, unpacked as they arrive."""
+    """``ds``'s items (``finish_microbatch``'s) through a DataLoader, unpacked as they arrive from workers."""
     it = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                                           **loader_kw))
     return map(unpack_microbatch, it) if num_workers > 0 else it
@@ -134,9 +133,9 @@ class TrainLoader:
         self.step = int(state["step"])
 
     def __iter__(self) -> Iterator[tuple[int, list[dict]]]:
-        workers = self.num_workers > 0   # from worker processes, a microbatch travels as one packed buffer
+        workers = self.num_workers > 0
         ds = TrainMicrobatches(self.split, self.masker, self.plan, self.step, self.total_steps,
-                               layout=self.layout, stats=self.stats, pack=workers)
+                               layout=self.layout, stats=self.stats)
         # the workers keep two steps' microbatches in flight (at least 4 each): a step takes `accum` microbatches at
         # once, so with fewer in flight the loop would wait for the rest at every step
         prefetch = max(4, -(-2 * self.plan.accum // self.num_workers)) if workers else None

@@ -62,11 +62,11 @@ class _Microbatches(torch.utils.data.IterableDataset):
 
     def __init__(self, open_stream, tokenizer, masker: MLMMasker, plan: BatchPlan, seq_len: int, text_column: str,
                  start_step: int, skip: int, layout: Optional[Callable[[dict], dict]] = None,
-                 stats: Optional[Callable[[dict], tuple]] = None, pack: bool = False):
-        """``layout``, ``stats``, ``pack``: as ``finish_microbatch``'s."""
+                 stats: Optional[Callable[[dict], tuple]] = None):
+        """``layout``, ``stats``: as ``finish_microbatch``'s."""
         self.open_stream, self.tokenizer, self.masker, self.plan = open_stream, tokenizer, masker, plan
         self.seq_len, self.text_column, self.start, self.skip = seq_len, text_column, start_step, skip
-        self.layout, self.stats, self.pack = layout, stats, pack
+        self.layout, self.stats = layout, stats
 
     def _rows(self) -> Iterator[tuple[list[int], int]]:
         tok, body = self.tokenizer, self.seq_len - 2
@@ -107,7 +107,7 @@ class _Microbatches(torch.utils.data.IterableDataset):
             att = attention_from_lengths(lengths, width)
             input_ids, labels = self.masker(ids[:, :width], plan.sample_indices(step, a))
             batch = {"input_ids": input_ids, "attention_mask": torch.from_numpy(att), "labels": labels}
-            yield finish_microbatch(batch, self.layout, self.stats, self.pack, _examples=got[-1][1])
+            yield finish_microbatch(batch, self.layout, self.stats, _examples=got[-1][1])
 
 
 def _cpu_group(world: int):
@@ -180,7 +180,7 @@ class StreamingTrainLoader:
         if self.group is False:
             self.group = _cpu_group(self.plan.num_processes)
         ds = _Microbatches(self.open_stream, self.tokenizer, self.masker, self.plan, self.seq_len, self.text_column,
-                           self.step, self.examples, self.layout, self.stats, pack=self.num_workers > 0)
+                           self.step, self.examples, self.layout, self.stats)
         it = loader_microbatches(ds, self.num_workers, self.pin_memory)
         for step in range(self.step, self.total_steps):
             micro = list(itertools.islice(it, self.plan.accum))
