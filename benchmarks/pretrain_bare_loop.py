@@ -19,7 +19,7 @@ from mosaic_bert import BertConfig, BertForMaskedLM
 from mosaic_bert.train.optim import build_optimizer
 from mosaic_bert.train.flops import model_flop_params, peak_flops, step_flops
 from mosaic_bert.train.model import MosaicBertFamily
-from mosaic_bert.train.runtime import mark_dynamic_inputs
+from mosaic_bert.train.runtime import keep_grads_allocated, mark_dynamic_inputs
 
 
 def steady_state(metrics_path, skip_windows=3):
@@ -88,8 +88,7 @@ def bare_loop(a, cfg, dev) -> dict:
     forward = torch.compile(model, mode=a.mode) if a.compile else model
     graphs = a.compile and a.mode == "reduce-overhead"
     if graphs:
-        for p in model.parameters():
-            p.grad = torch.zeros_like(p)
+        keep_grads_allocated(model)
     batches = synthetic_batches(a, cfg.vocab_size, dev)
     n_params, hidden, vocab = model_flop_params(model)
 

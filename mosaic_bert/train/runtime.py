@@ -186,6 +186,16 @@ def use_cuda_graphs(setting: bool, device, compiled: bool, num_processes: int) -
     return bool(setting)
 
 
+def keep_grads_allocated(model) -> None:
+    """For CUDA graphs (torch.compile mode "reduce-overhead"): every trainable parameter gets a zero gradient that
+    stays allocated (then clear it with ``zero_grad(set_to_none=False)``), so backward accumulates into it in place.
+    Otherwise autograd installs a graph's output buffer as ``.grad`` and the next replay overwrites it: gradient
+    accumulation would silently keep only the last microbatch (pytorch/pytorch#169545)."""
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
+
+
 def use_compile(setting, device) -> bool:
     """``train.compile``: true / false, or "auto" = compile on CUDA (the fast path; on the CPU compiling costs more
     than it saves in a short run)."""

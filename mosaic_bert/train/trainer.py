@@ -26,8 +26,8 @@ from .metrics import Reporter, eval_message
 from .model import model_family
 from .optim import build_training_optimization
 from .runlock import lock_run
-from .runtime import (StopOnSignal, build_accelerator, init_trackers, main_process_printer, resolve_precision,
-                      mark_dynamic_inputs, seed_microbatch, use_compile, use_cuda_graphs)
+from .runtime import (StopOnSignal, build_accelerator, init_trackers, keep_grads_allocated, main_process_printer,
+                      resolve_precision, mark_dynamic_inputs, seed_microbatch, use_compile, use_cuda_graphs)
 from .state import TrainState
 
 
@@ -74,14 +74,10 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.checkpoints.track(self.model, self.optimizer, self.scheduler)
         compiled = use_compile(t.compile, acc.device)
-        # CUDA graphs replay a microbatch's kernels in one launch. Gradients then stay allocated and are accumulated
-        # in place: autograd would otherwise install a graph's output buffer as .grad, and the next replay would
-        # overwrite it (gradient accumulation would silently keep only the last microbatch)
+        # CUDA graphs replay a microbatch's kernels in one launch; gradients then stay allocated (accumulated in place)
         self.cuda_graphs = use_cuda_graphs(t.cuda_graphs, acc.device, compiled, acc.num_processes)
         if self.cuda_graphs:
-            for p in self.model.parameters():
-                if p.requires_grad:
-                    p.grad = torch.zeros_like(p)
+            keep_grads_allocated(self.model)
         self.forward = (torch.compile(self.model, mode="reduce-overhead" if self.cuda_graphs else None) if compiled
                         else self.model)
         self.masker = MLMMasker.from_tokenizer(data.tokenizer, t.mlm_probability, t.seed)
