@@ -1276,14 +1276,18 @@ def _geglu_check(gate_up, p):
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
 
 
+def _geglu_columns(i: int, device):
+    """Each of the ``i`` columns' place in a row of the kernels' packed mask (its byte) and its quarter (its bit)."""
+    q = _GEGLU_BLOCK_C // 4
+    cols = torch.arange(i, device=device)
+    return (cols // _GEGLU_BLOCK_C) * q + (cols % _GEGLU_BLOCK_C) % q, (cols % _GEGLU_BLOCK_C) // q
+
+
 def geglu_keep_reference(seed: torch.Tensor, n: int, i: int, p: float) -> torch.Tensor:
     """The op's keep decisions (n, i) bool, in PyTorch: the kernels' counter numbering (see the forward kernel)."""
-    q = _GEGLU_BLOCK_C // 4
-    n_cb = -(-i // _GEGLU_BLOCK_C)
-    rows = torch.arange(n, device=seed.device)[:, None]
-    cols = torch.arange(i, device=seed.device)
-    quarter = (cols % _GEGLU_BLOCK_C) // q
-    offs = (rows * n_cb + cols // _GEGLU_BLOCK_C) * q + (cols % _GEGLU_BLOCK_C) % q
+    byte, quarter = _geglu_columns(i, seed.device)
+    row_bytes = -(-i // _GEGLU_BLOCK_C) * (_GEGLU_BLOCK_C // 4)
+    offs = torch.arange(n, device=seed.device)[:, None] * row_bytes + byte
     return dropout_draws(seed, offs * 2 + quarter // 2, quarter % 2) >= dropout_threshold(p)
 
 
@@ -1321,10 +1325,7 @@ def geglu_keep_mask(mask: torch.Tensor, n: int, i: int) -> torch.Tensor:
     """The op's dropout mask as (N, I) bool (True = kept), from either layout (0/1 or the kernels' packed bits)."""
     if tuple(mask.shape) == (n, i):
         return mask.bool()
-    q = _GEGLU_BLOCK_C // 4
-    cols = torch.arange(i, device=mask.device)
-    byte = (cols // _GEGLU_BLOCK_C) * q + (cols % _GEGLU_BLOCK_C) % q
-    bit = (cols % _GEGLU_BLOCK_C) // q
+    byte, bit = _geglu_columns(i, mask.device)
     return ((mask[:, byte].to(torch.int32) >> bit) & 1).bool()
 
 
