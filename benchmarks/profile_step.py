@@ -345,10 +345,6 @@ def geglu_tile_sweep(gate_up, dh, seed, p) -> dict:
 def geglu_checks() -> list[dict]:
     """The GeGLU + dropout op on CUDA bf16 against float64 autograd (with its own mask), and its time against
     Inductor's fusion of the plain PyTorch expression at the training shape (fwd, fwd + bwd)."""
-    import triton
-
-    from mosaic_bert.modeling import flash_attn_triton as fa
-
     op = getattr(torch.ops.mosaic_bert, fa._GEGLU_FWD_OP)
     out = []
     for n, i, p in ((1000, 3072, 0.1), (77, 1030, 0.0), (24576, 3072, 0.1)):
